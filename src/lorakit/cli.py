@@ -1,0 +1,42 @@
+"""The ``lorakit`` command: ``lorakit SUBCOMMAND ...``.
+
+Each subcommand lives in its own module as ``main(argv: list[str]) -> int`` and is imported only
+when used, so ``lorakit score`` does not pay for the training stack and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def register(name: str, module: str, help_text: str) -> None:
+    COMMANDS[name] = (module, help_text)
+
+
+def _usage() -> str:
+    width = max((len(n) for n in COMMANDS), default=0)
+    lines = ["usage: lorakit SUBCOMMAND [ARGS...]", "", "subcommands:"]
+    lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in sorted(COMMANDS.items())]
+    lines += ["", "Run `lorakit SUBCOMMAND --help` for a subcommand's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"lorakit: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
