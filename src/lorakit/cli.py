@@ -17,6 +17,10 @@ def register(name: str, module: str, help_text: str) -> None:
     COMMANDS[name] = (module, help_text)
 
 
+# Registered subcommands (one line each; keep sorted).
+# register("NAME", "lorakit.MODULE", "one-line help")
+
+
 def _usage() -> str:
     width = max((len(n) for n in COMMANDS), default=0)
     lines = ["usage: lorakit SUBCOMMAND [ARGS...]", "", "subcommands:"]
