@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) main.py --config configs/quickstart.json --data data/quickstart --workdir runs/quickstart --force
+	$(PY) examples/layers_demo.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -p no:cacheprovider tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench

@@ -222,7 +222,8 @@ class MergedLinear(Linear):
         n_enabled = sum(enable_lora)
         if r > 0 and n_enabled > 0:
             self.lora_A = nn.Parameter(self.weight.new_zeros((r * n_enabled, in_features)))
-            self.lora_B = nn.Parameter(self.weight.new_zeros((out_features // len(enable_lora) * n_enabled, r)))
+            out_per_slice = out_features // len(enable_lora)
+            self.lora_B = nn.Parameter(self.weight.new_zeros((out_per_slice * n_enabled, r)))
             self.scaling = self.lora_alpha / self.r
             self.weight.requires_grad = False
             row_mask = torch.zeros(len(enable_lora), out_features // len(enable_lora), dtype=torch.bool)
