@@ -1,0 +1,264 @@
+"""GLUE tasks (CoLA, SST-2, MRPC, STS-B, RTE) and the built-in ``quickstart`` task, from TSV files.
+
+The data folder holds ``train.tsv`` and ``dev.tsv`` in the official GLUE layout (as produced by the
+GLUE download script); the folder may be the task's own (``.../glue/RTE``) or its parent
+(``.../glue``, then the task's subfolder is used). ``quickstart`` reads the same kind of file
+(``sentence<TAB>label``, with a header) from ``data/quickstart``.
+
+The model the loop builds maps ``input_ids``, ``attention_mask``, ``token_type_ids`` (each
+``(batch, seq)``) to ``logits`` ``(batch, num_labels)``; ``num_labels == 1`` means regression (STS-B).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DataError", "Example", "TaskSpec", "TASK_SPECS", "GlueTask"]
+
+
+class DataError(ValueError):
+    """Unusable input data; the message names the file (and line) and what to do."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example: ``text_a`` (and ``text_b`` for pairs), ``label`` (class id, or float score)."""
+
+    text_a: str
+    text_b: str | None
+    label: int | float
+    source: str = ""  # "file:line", for messages
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a task's fields are in its TSV file. Columns are header names, or indices without header."""
+
+    name: str
+    folder: str  # subfolder name under a GLUE root
+    text_columns: tuple[str | int, ...]
+    label_column: str | int
+    labels: tuple[str, ...] | None  # None: regression
+    header: bool
+    main_metric: str
+    score_range: tuple[float, float] = (0.0, 5.0)  # regression only
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    "quickstart": TaskSpec("quickstart", "quickstart", ("sentence",), "label",
+                           ("weather", "food", "sport", "technology"), True, "accuracy"),
+    "cola": TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), False, "matthews_corrcoef"),
+    "sst2": TaskSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), True, "accuracy"),
+    "mrpc": TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), True, "f1"),
+    "stsb": TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, True, "pearson"),
+    "rte": TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label",
+                    ("entailment", "not_entailment"), True, "accuracy"),
+}
+
+
+class GlueTask:
+    """A sentence(-pair) classification or regression task read from GLUE-style TSV files."""
+
+    def __init__(self, spec: TaskSpec, label_smoothing: float = 0.0):
+        self.spec = spec
+        self.name = spec.name
+        self.num_labels = 1 if spec.labels is None else len(spec.labels)
+        self.main_metric = spec.main_metric
+        self.label_smoothing = float(label_smoothing)
+        self.pad_id = 0
+
+    # -- load --------------------------------------------------------------------------------------
+    def split_path(self, split: str, data_dir: str | Path) -> Path:
+        """The TSV file of ``split``; accepts the task folder or a GLUE root holding it."""
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise DataError(f"data folder not found: {data_dir} (pass --data DIR holding {split}.tsv)")
+        for folder in (data_dir, data_dir / self.spec.folder):
+            if (folder / f"{split}.tsv").is_file():
+                return folder / f"{split}.tsv"
+        raise DataError(
+            f"no {split}.tsv for task {self.name!r} in {data_dir} (nor in {data_dir / self.spec.folder}); "
+            "expected the GLUE layout: DIR/train.tsv and DIR/dev.tsv"
+        )
+
+    def load(self, split: str, data_dir: str | Path) -> list[Example]:
+        """Read ``split`` (``train``/``dev``) from ``data_dir``; raise ``DataError`` with file:line."""
+        path = self.split_path(split, data_dir)
+        spec = self.spec
+        with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: MRPC starts with a BOM
+            lines = fh.read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        start = 0
+        if spec.header:
+            if not lines:
+                raise DataError(f"{path}: empty file (expected a header line and examples)")
+            header = lines[0].rstrip("\r").split("\t")
+            missing = [c for c in (*spec.text_columns, spec.label_column) if c not in header]
+            if missing:
+                raise DataError(f"{path}:1: header {header} lacks the column(s) {missing} of task {self.name}")
+            cols = [header.index(c) for c in spec.text_columns]
+            label_col = header.index(spec.label_column)
+            start = 1
+        else:
+            cols = [int(c) for c in spec.text_columns]
+            label_col = int(spec.label_column)
+        need = max(*cols, label_col) + 1
+        label_ids = {name: i for i, name in enumerate(spec.labels)} if spec.labels else None
+        examples: list[Example] = []
+        for lineno, line in enumerate(lines[start:], start=start + 1):
+            line = line.rstrip("\r")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            where = f"{path}:{lineno}"
+            if len(fields) < need:
+                raise DataError(f"{where}: expected at least {need} tab-separated columns, found "
+                                f"{len(fields)} (is the file really {self.name} in the GLUE TSV layout?)")
+            raw_label = fields[label_col].strip()
+            if label_ids is not None:
+                if raw_label not in label_ids:
+                    raise DataError(f"{where}: label {raw_label!r} is not one of {list(spec.labels)}")
+                label: int | float = label_ids[raw_label]
+            else:
+                try:
+                    label = float(raw_label)
+                except ValueError:
+                    raise DataError(f"{where}: score {raw_label!r} is not a number") from None
+                lo, hi = spec.score_range
+                if not (math.isfinite(label) and lo <= label <= hi):
+                    raise DataError(f"{where}: score {label} is outside [{lo}, {hi}]")
+            texts = [fields[c] for c in cols]
+            examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label, where))
+        if not examples:
+            raise DataError(f"{path}: no examples (the file is empty apart from its header)")
+        return examples
+
+    # -- encode / collate --------------------------------------------------------------------------
+    def encode(self, examples: Sequence[Example], tokenizer: Any, cfg: Any) -> list[dict]:
+        """Tokenize to ``{"input_ids": list[int], "token_type_ids": list[int], "label": ...}`` items.
+
+        ``cfg.max_length`` truncates (pairs: the longer text first).
+        """
+        if not examples:
+            raise DataError(f"task {self.name}: nothing to encode (empty dataset)")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        a = [e.text_a for e in examples]
+        b = [e.text_b for e in examples] if examples[0].text_b is not None else None
+        enc = tokenizer(a, b, truncation=True, max_length=int(cfg.max_length), return_token_type_ids=True)
+        return [
+            {"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i], "label": e.label}
+            for i, e in enumerate(examples)
+        ]
+
+    def collate(self, items: Sequence[dict], max_length: int | None = None) -> dict[str, Tensor]:
+        """Pad to the longest item: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq)``
+        and ``labels`` ``(batch,)`` (int64 classes, or float32 scores)."""
+
+        def cut(seq: list[int]) -> list[int]:
+            if max_length is None or len(seq) <= max_length:
+                return seq
+            return seq[: max_length - 1] + seq[-1:]  # keep the final [SEP]
+
+        ids = [cut(it["input_ids"]) for it in items]
+        types = [cut(it["token_type_ids"]) for it in items]
+        width = max(len(s) for s in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        token_type_ids = torch.zeros((len(ids), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, (s, t) in enumerate(zip(ids, types)):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            token_type_ids[i, : len(t)] = torch.tensor(t)
+            attention_mask[i, : len(s)] = 1
+        dtype = torch.float32 if self.spec.labels is None else torch.long
+        labels = torch.tensor([it["label"] for it in items], dtype=dtype)
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids, "labels": labels}
+
+    # -- loss / predict ------------------------------------------------------------------------------
+    @staticmethod
+    def _logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Cross-entropy (with label smoothing) for classes, mean squared error for scores."""
+        logits = self._logits(model, batch).float()  # (batch, num_labels)
+        if self.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
+        return F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """``(batch,)``: argmax class ids, or predicted scores."""
+        logits = self._logits(model, batch).float()
+        return logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def metrics(self, predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
+        """GLUE's metrics for the task: accuracy (+F1 for MRPC), Matthews for CoLA, Pearson/Spearman
+        for STS-B. The main metric is ``self.main_metric``."""
+        return _glue_metrics(self.name, list(predictions), list(references))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Metrics (small, dependency-free; the shared implementation lives in lorakit.train.metrics)
+# ------------------------------------------------------------------------------------------------------
+
+def _glue_metrics(task: str, preds: list, refs: list) -> dict[str, float]:
+    try:  # the project's metric package, when present
+        from lorakit.train.metrics.classification import glue_metrics
+    except ImportError:
+        glue_metrics = None
+    if glue_metrics is not None:
+        return {k: float(v) for k, v in glue_metrics(task, preds, refs).items()}
+    if task == "stsb":
+        return {"pearson": _pearson(preds, refs), "spearman": _pearson(_ranks(preds), _ranks(refs))}
+    p = [int(x) for x in preds]
+    r = [int(x) for x in refs]
+    out = {"accuracy": sum(a == b for a, b in zip(p, r)) / max(len(r), 1)}
+    if task == "mrpc":
+        tp = sum(a == 1 and b == 1 for a, b in zip(p, r))
+        fp = sum(a == 1 and b == 0 for a, b in zip(p, r))
+        fn = sum(a == 0 and b == 1 for a, b in zip(p, r))
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    if task == "cola":
+        tp = sum(a == 1 and b == 1 for a, b in zip(p, r))
+        tn = sum(a == 0 and b == 0 for a, b in zip(p, r))
+        fp = sum(a == 1 and b == 0 for a, b in zip(p, r))
+        fn = sum(a == 0 and b == 1 for a, b in zip(p, r))
+        den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        out["matthews_corrcoef"] = (tp * tn - fp * fn) / den if den else 0.0
+    return out
+
+
+def _pearson(x: list, y: list) -> float:
+    n = len(x)
+    if n < 2:
+        return 0.0
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in x))
+    sy = math.sqrt(sum((b - my) ** 2 for b in y))
+    return sxy / (sx * sy) if sx and sy else 0.0
+
+
+def _ranks(x: list) -> list[float]:
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
