@@ -22,3 +22,24 @@ __all__ = [
     "LoRALayer", "Linear", "Embedding", "MergedLinear", "Conv1d", "Conv2d", "Conv3d", "ConvLoRA",
     "mark_only_lora_as_trainable", "lora_state_dict",
 ]
+
+from .adapt import (  # noqa: E402
+    LoraConfig,
+    find_targets,
+    get_config,
+    inject,
+    merge,
+    merge_and_unload,
+    print_trainable_parameters,
+    remove_adapter,
+    trainable_parameters,
+    unload,
+    unmerge,
+)
+from .io import convert_loralib_checkpoint, load_adapter, load_checkpoint, save_adapter  # noqa: E402
+
+__all__ += [
+    "LoraConfig", "inject", "find_targets", "get_config", "merge", "unmerge", "merge_and_unload", "unload",
+    "remove_adapter", "trainable_parameters", "print_trainable_parameters", "save_adapter", "load_adapter",
+    "load_checkpoint", "convert_loralib_checkpoint",
+]

@@ -19,6 +19,7 @@ def register(name: str, module: str, help_text: str) -> None:
 
 # Registered subcommands (one line each; keep sorted).
 # register("NAME", "lorakit.MODULE", "one-line help")
+register("convert", "lorakit.convert", "turn a loralib / LoRA-paper checkpoint into a PEFT adapter directory")
 
 
 def _usage() -> str:

@@ -41,27 +41,22 @@ def validate_lora_args(r, lora_alpha, lora_dropout) -> None:
         raise ValueError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}")
 
 
-class LoRALayer:
-    """Mixin holding LoRA hyper-parameters and the merge/unmerge mechanism shared by every layer.
+class MergeableWeight:
+    """The merge mechanism shared by every LoRA module (loralib-style layers and ``inject`` wrappers).
 
-    A subclass provides ``_pretrained_weight()`` (the frozen parameter, in its stored layout) and
-    ``delta_weight()`` (the update ``scaling * B A`` in the same layout); everything else is here.
+    Merging never edits the pretrained weight: the merged weight ``W + delta`` lives in the
+    non-persistent buffer ``merged_weight``, so ``state_dict()`` always holds the pretrained weight,
+    unmerging is exact in any precision, and loading a state dict or ``.to()`` rebuilds the merged
+    copy. A subclass (an ``nn.Module``) calls ``_init_merge_state()`` in ``__init__`` and provides
+    ``_pretrained_weight()`` (the frozen parameter as stored) and ``delta_weight()`` (the update in
+    the same layout).
     """
 
-    def __init__(self, r: int, lora_alpha: float, lora_dropout: float, merge_weights: bool):
-        validate_lora_args(r, lora_alpha, lora_dropout)
-        self.r = r
-        self.lora_alpha = lora_alpha
-        self.lora_dropout_p = float(lora_dropout)
-        # loralib exposes a callable ``lora_dropout``; keep it (an Identity when p == 0).
-        self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0 else nn.Identity()
+    def _init_merge_state(self) -> None:
         self.merged = False
-        self.merge_weights = merge_weights
-        # The merged weight, only while merged; never saved (the pretrained weight is).
         self.register_buffer("merged_weight", None, persistent=False)
-        self.register_load_state_dict_post_hook(LoRALayer._refresh_merge_after_load)
+        self.register_load_state_dict_post_hook(MergeableWeight._refresh_merge_after_load)
 
-    # -- what subclasses provide -------------------------------------------------------------
     def _pretrained_weight(self) -> Tensor:
         raise NotImplementedError
 
@@ -71,16 +66,14 @@ class LoRALayer:
 
     @property
     def has_lora(self) -> bool:
-        return self.r > 0 and hasattr(self, "lora_A")
+        raise NotImplementedError
 
-    # -- merge mechanism ---------------------------------------------------------------------
     def merge(self) -> None:
         """Use W + delta in forward (one matmul); the pretrained W itself is left untouched."""
         if self.has_lora:
+            weight = self._pretrained_weight()
             with torch.no_grad():
-                self.merged_weight = self._pretrained_weight() + self.delta_weight().to(
-                    self._pretrained_weight().dtype
-                )
+                self.merged_weight = weight + self.delta_weight().to(weight.dtype)
         self.merged = True
 
     def unmerge(self) -> None:
@@ -88,17 +81,9 @@ class LoRALayer:
         self.merged = False
 
     def _effective_weight(self) -> Tensor:
-        w = self.merged_weight if self.merged and self.merged_weight is not None else None
-        return w if w is not None else self._pretrained_weight()
-
-    def train(self, mode: bool = True):
-        nn.Module.train(self, mode)
-        if self.merge_weights:
-            if mode and self.merged:
-                self.unmerge()
-            elif not mode and not self.merged:
-                self.merge()
-        return self
+        if self.merged and self.merged_weight is not None:
+            return self.merged_weight
+        return self._pretrained_weight()
 
     def _apply(self, fn, *args, **kwargs):
         out = nn.Module._apply(self, fn, *args, **kwargs)
@@ -112,8 +97,8 @@ class LoRALayer:
             module.merge()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Check every shape of this layer before anything is copied, so a bad checkpoint leaves
-        # the layer as it was and the message names the key and both shapes.
+        # Check every shape of this module before anything is copied, so a bad checkpoint leaves
+        # it as it was and the message names the key and both shapes.
         own = dict(self.named_parameters(recurse=False))
         own.update((n, b) for n, b in self.named_buffers(recurse=False) if b is not None)
         for name, tensor in own.items():
@@ -121,10 +106,40 @@ class LoRALayer:
             if key in state_dict and tuple(state_dict[key].shape) != tuple(tensor.shape):
                 raise ValueError(
                     f"state dict key {key!r} has shape {tuple(state_dict[key].shape)}, but the "
-                    f"{type(self).__name__} layer expects {tuple(tensor.shape)} "
-                    f"(r={self.r}; check the rank and the layer sizes the checkpoint was made with)"
+                    f"{type(self).__name__} module expects {tuple(tensor.shape)} "
+                    "(check the rank and the layer sizes the checkpoint was made with)"
                 )
         nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
+
+
+class LoRALayer(MergeableWeight):
+    """Mixin holding loralib's LoRA hyper-parameters; merges on ``eval()`` and unmerges on ``train()``
+    when ``merge_weights`` is True. A subclass also provides ``_pretrained_weight`` and
+    ``delta_weight`` (see :class:`MergeableWeight`).
+    """
+
+    def __init__(self, r: int, lora_alpha: float, lora_dropout: float, merge_weights: bool):
+        validate_lora_args(r, lora_alpha, lora_dropout)
+        self.r = r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout_p = float(lora_dropout)
+        # loralib exposes a callable ``lora_dropout``; keep it (an Identity when p == 0).
+        self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.merge_weights = merge_weights
+        self._init_merge_state()
+
+    @property
+    def has_lora(self) -> bool:
+        return self.r > 0 and hasattr(self, "lora_A")
+
+    def train(self, mode: bool = True):
+        nn.Module.train(self, mode)
+        if self.merge_weights:
+            if mode and self.merged:
+                self.unmerge()
+            elif not mode and not self.merged:
+                self.merge()
+        return self
 
 
 def _transpose_if(flag: bool, w: Tensor) -> Tensor:

@@ -1,0 +1,654 @@
+"""Model surgery: adapt any PyTorch or Hugging Face model from a :class:`LoraConfig`.
+
+``inject(model, config)`` wraps every matched module in place with a LoRA wrapper that keeps the
+original module (``<name>.base_layer``) and its pretrained weights untouched. Which wrapper a module
+gets is decided by one table, :data:`WRAPPERS` (module type -> wrapper class); the math is in
+:mod:`lorakit.functional` and the merge mechanism in :class:`lorakit.layers.MergeableWeight`.
+
+Inside a wrapper every update is the matrix product ``scaling * B A`` with A: (r, fan_in) and
+B: (fan_out, r), where for
+* ``nn.Linear``: fan_in = in_features, fan_out = out_features;
+* Hugging Face ``Conv1D`` (weight stored (in, out)): the same, with ``fan_in_fan_out``;
+* ``nn.Embedding``: fan_in = num_embeddings, fan_out = embedding_dim (the update is (B A)^T);
+* ``nn.ConvNd``: fan_in = in_channels / groups * prod(kernel_size), fan_out = out_channels
+  (the update is (B A) reshaped to the kernel's shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional as LF
+from .layers import MergeableWeight, is_lora_param_name, validate_lora_args
+
+try:  # Hugging Face's GPT-2 style linear layer; optional
+    from transformers.pytorch_utils import Conv1D as HFConv1D
+except Exception:  # pragma: no cover - transformers not installed
+    HFConv1D = None
+
+DEFAULT_ADAPTER = "default"
+BIAS_MODES = ("none", "all", "lora_only")
+
+
+# ============================================================================ config
+@dataclasses.dataclass
+class LoraConfig:
+    """What to adapt and how. Field names and meanings follow PEFT's ``LoraConfig``.
+
+    target_modules: a list of names, each matching a module's full dotted name or its suffix after
+        a dot (``"query"`` matches ``encoder.layer.0.attention.self.query``); or a string, a regex
+        that must match the full name; or ``"all-linear"``: every ``nn.Linear`` and ``Conv1D``
+        except the model's output head.
+    exclude_modules: the same forms; matched modules are skipped.
+    layers_to_transform / layers_pattern: only adapt modules inside these layer indices
+        (``layers_pattern`` names the module list, e.g. ``"h"`` or ``"layer"``).
+    rank_pattern / alpha_pattern: ``{regex: value}`` overriding ``r`` / ``lora_alpha`` for modules
+        whose name ends with a match.
+    enable_lora: ``{regex: [bool, ...]}`` adapts only the chosen equal slices of a fused projection's
+        output, e.g. ``{"c_attn": [True, False, True]}`` for GPT-2's q and v (the paper's setup).
+        A lorakit extension; saved to PEFT files as an equivalent dense LoRA of rank
+        ``r * n_enabled``.
+    modules_to_save: modules trained fully and saved with the adapter (e.g. a classifier head).
+    """
+
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+    rank_pattern: dict[str, int] = dataclasses.field(default_factory=dict)
+    alpha_pattern: dict[str, float] = dataclasses.field(default_factory=dict)
+    enable_lora: dict[str, list[bool]] = dataclasses.field(default_factory=dict)
+    bias: str = "none"
+    modules_to_save: list[str] | None = None
+    fan_in_fan_out: bool = False
+    use_rslora: bool = False
+    init_lora_weights: bool | str = True
+    base_model_name_or_path: str | None = None
+    task_type: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_lora_args(self.r, self.lora_alpha, self.lora_dropout)
+        if self.r == 0:
+            raise ValueError("LoraConfig.r must be >= 1 (r=0 would add nothing)")
+        if self.bias not in BIAS_MODES:
+            raise ValueError(f"LoraConfig.bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            raise ValueError(
+                f"LoraConfig.init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}"
+            )
+        if not self.target_modules:
+            raise ValueError("LoraConfig.target_modules is empty: name the modules to adapt, e.g. ['q', 'v']")
+        for pattern, rank in self.rank_pattern.items():
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise ValueError(f"LoraConfig.rank_pattern[{pattern!r}] must be an integer >= 1, got {rank!r}")
+        for pattern, flags in self.enable_lora.items():
+            if not flags or not all(isinstance(f, bool) for f in flags) or not any(flags):
+                raise ValueError(
+                    f"LoraConfig.enable_lora[{pattern!r}] must be a list of bools with at least one True, "
+                    f"got {flags!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LoraConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LoraConfig:
+        return cls.from_dict(json.loads(text))
+
+    # -- per-module settings ------------------------------------------------------------------
+    def rank_for(self, name: str) -> int:
+        return _pattern_value(self.rank_pattern, name, self.r)
+
+    def alpha_for(self, name: str) -> float:
+        return _pattern_value(self.alpha_pattern, name, self.lora_alpha)
+
+    def slices_for(self, name: str) -> list[bool] | None:
+        return _pattern_value(self.enable_lora, name, None)
+
+
+def _pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
+    """The value of the first pattern matching the end of ``name`` (PEFT's rank_pattern rule)."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?(?:{pattern})$", name):
+            return value
+    return default
+
+
+# ============================================================================ matching
+def _name_matches(name: str, targets: list[str] | str) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _in_layers(name: str, config: LoraConfig) -> bool:
+    if config.layers_to_transform is None:
+        return True
+    wanted = config.layers_to_transform
+    wanted = [wanted] if isinstance(wanted, int) else list(wanted)
+    patterns = config.layers_pattern
+    patterns = [patterns] if isinstance(patterns, str) else (patterns or [r"[^.]*"])
+    for pattern in patterns:
+        m = re.match(rf"(?:.*\.)?{pattern}\.(\d+)\.", name)
+        if m:
+            return int(m.group(1)) in wanted
+    return False
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return {n for n, m in model.named_modules() if head is not None and m is head}
+
+
+def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
+    """The names of the modules ``config`` selects, in model order. Raises if none match.
+
+    The error lists the model's module names closest to each target, so typos are easy to fix.
+    """
+    skip = set(config.modules_to_save or [])
+    all_linear = config.target_modules == "all-linear"
+    linear_types = tuple(t for t in (nn.Linear, HFConv1D) if t is not None)
+    heads = _output_head_names(model) if all_linear else set()
+    names = []
+    for name, module in model.named_modules():
+        if not name or _inside_lora_module(model, name):
+            continue
+        kind = module.base_layer if isinstance(module, LoraModule) else module
+        if any(name == s or name.endswith("." + s) or name.startswith(s + ".") for s in skip):
+            continue
+        if all_linear:
+            if not isinstance(kind, linear_types) or name in heads:
+                continue
+        elif not _name_matches(name, config.target_modules):
+            continue
+        if config.exclude_modules and _name_matches(name, config.exclude_modules):
+            continue
+        if not _in_layers(name, config):
+            continue
+        names.append(name)
+    if not names:
+        raise ValueError(_no_match_message(model, config))
+    return names
+
+
+def _inside_lora_module(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), LoraModule) for i in range(1, len(parts)))
+
+
+def _no_match_message(model: nn.Module, config: LoraConfig) -> str:
+    names = [n for n, _ in model.named_modules() if n]
+    targets = config.target_modules
+    lines = [f"target_modules={targets!r} matched no module of {type(model).__name__}"]
+    if config.layers_to_transform is not None:
+        lines[0] += f" within layers_to_transform={config.layers_to_transform!r}"
+    for target in [targets] if isinstance(targets, str) else targets:
+        leaves = sorted({n.split(".")[-1] for n in names})
+        close = difflib.get_close_matches(str(target).split(".")[-1], leaves, n=5, cutoff=0.4)
+        close += [n for n in difflib.get_close_matches(str(target), names, n=3, cutoff=0.4) if n not in close]
+        lines.append(f"  closest module names to {target!r}: {close or 'none'}")
+    lines.append(f"  the model's module names include: {names[:12]}{' ...' if len(names) > 12 else ''}")
+    return "\n".join(lines)
+
+
+# ============================================================================ wrappers
+class LoraModule(MergeableWeight, nn.Module):
+    """A module wrapped with one or more named LoRA adapters.
+
+    ``base_layer`` is the original module (its parameters untouched and frozen). Each adapter
+    ``name`` has ``lora_A[name]``: (r, fan_in) and ``lora_B[name]``: (fan_out, r) (for a sliced
+    fused projection, B holds one (fan_out / n_slices, r) block per enabled slice), a scaling and a
+    dropout probability. Active adapters add their updates; merged ones are folded into the
+    ``merged_weight`` buffer (see :class:`MergeableWeight`).
+    """
+
+    def __init__(self, base_layer: nn.Module):
+        nn.Module.__init__(self)
+        self.base_layer = base_layer
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        self.scaling: dict[str, float] = {}
+        self.dropout_p: dict[str, float] = {}
+        self.rank: dict[str, int] = {}
+        self.slices: dict[str, list[bool] | None] = {}
+        self.active_adapters: list[str] = []
+        self._init_merge_state()
+
+    # -- what each wrapper kind provides -------------------------------------------------------
+    fan_in: int
+    fan_out: int
+
+    def _pretrained_weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    def _matrix_to_weight(self, delta: Tensor) -> Tensor:
+        """(fan_out, fan_in) update -> the stored weight's layout."""
+        raise NotImplementedError
+
+    def _forward_with_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- adapters ------------------------------------------------------------------------------
+    @property
+    def has_lora(self) -> bool:
+        return bool(self.active_adapters)
+
+    def add_adapter(self, name: str, r: int, lora_alpha: float, dropout: float, use_rslora: bool = False,
+                    init: bool | str = True, slices: list[bool] | None = None) -> None:
+        validate_lora_args(r, lora_alpha, dropout)
+        weight = self._pretrained_weight()
+        n_enabled = sum(slices) if slices else 1
+        if slices and self.fan_out % len(slices):
+            raise ValueError(
+                f"enable_lora has {len(slices)} slices, which does not divide this module's "
+                f"{self.fan_out} outputs"
+            )
+        out_rows = self.fan_out // len(slices) * n_enabled if slices else self.fan_out
+        lora_a = weight.new_zeros((r * n_enabled, self.fan_in))
+        lora_b = weight.new_zeros((out_rows, r))
+        if init == "gaussian":
+            nn.init.normal_(lora_a, std=1 / r)
+        else:
+            nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
+        if init is False:
+            nn.init.kaiming_uniform_(lora_b, a=math.sqrt(5))
+        if isinstance(self.base_layer, nn.Embedding):  # PEFT's embedding init: A zero, B normal
+            nn.init.zeros_(lora_a)
+            nn.init.normal_(lora_b)
+        self.lora_A[name] = nn.Parameter(lora_a)
+        self.lora_B[name] = nn.Parameter(lora_b)
+        self.rank[name] = r
+        self.scaling[name] = LF.lora_scaling(lora_alpha, r, use_rslora)
+        self.dropout_p[name] = float(dropout)
+        self.slices[name] = list(slices) if slices else None
+        if slices:
+            mask = torch.zeros(len(slices), self.fan_out // len(slices), dtype=torch.bool)
+            mask[torch.tensor(slices)] = True
+            self.register_buffer(f"slice_mask_{name}", mask.view(-1), persistent=False)
+        self.active_adapters.append(name)
+        if self.merged:
+            self.merge()
+
+    def delete_adapter(self, name: str) -> None:
+        for table in (self.lora_A, self.lora_B):
+            del table[name]
+        for table in (self.scaling, self.dropout_p, self.rank, self.slices):
+            table.pop(name, None)
+        self._buffers.pop(f"slice_mask_{name}", None)
+        if name in self.active_adapters:
+            self.active_adapters.remove(name)
+        if self.merged:
+            self.merge()
+
+    def dense_b(self, name: str) -> Tensor:
+        """B as one (fan_out, rank) matrix: block-diagonal over enabled slices for a sliced adapter."""
+        b = self.lora_B[name]
+        if self.slices[name] is None:
+            return b
+        return LF.group_block_b(b, getattr(self, f"slice_mask_{name}"), sum(self.slices[name]))
+
+    def delta_matrix(self, name: str) -> Tensor:
+        """scaling * B A for adapter ``name``: (fan_out, fan_in)."""
+        return LF.delta_weight(self.lora_A[name], self.dense_b(name), self.scaling[name])
+
+    def delta_weight(self) -> Tensor:
+        total = sum(self.delta_matrix(n) for n in self.active_adapters)
+        return self._matrix_to_weight(total)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged or not self.active_adapters:
+            return self._forward_with_weight(x, self._effective_weight())
+        return self._forward_unmerged(x)
+
+    def _forward_unmerged(self, x: Tensor) -> Tensor:
+        weight = self._pretrained_weight() + self.delta_weight()
+        return self._forward_with_weight(x, weight)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}: r={self.rank[n]}, scaling={self.scaling[n]:g}" for n in self.lora_A)
+
+
+class LoraLinear(LoraModule):
+    """LoRA around ``nn.Linear`` (weight (out, in)) or Hugging Face ``Conv1D`` (weight (in, out)).
+
+    x: (..., in_features) -> (..., out_features). The first active adapter runs through the fused
+    custom autograd function; further active adapters add their updates.
+    """
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False):
+        super().__init__(base_layer)
+        self.fan_in_fan_out = fan_in_fan_out
+        in_dim, out_dim = base_layer.weight.shape[::-1] if not fan_in_fan_out else base_layer.weight.shape
+        self.fan_in, self.fan_out = in_dim, out_dim
+
+    def _matrix_to_weight(self, delta: Tensor) -> Tensor:
+        return delta.t() if self.fan_in_fan_out else delta
+
+    def _as_out_in(self, weight: Tensor) -> Tensor:
+        return weight.t() if self.fan_in_fan_out else weight
+
+    def _forward_with_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, self._as_out_in(weight), self.base_layer.bias)
+
+    def _forward_unmerged(self, x: Tensor) -> Tensor:
+        first, *rest = self.active_adapters
+        out = LF.lora_linear(
+            x, self._as_out_in(self._pretrained_weight()), self.base_layer.bias, self.lora_A[first],
+            self.dense_b(first), self.scaling[first], self.dropout_p[first], self.training,
+        )
+        for name in rest:
+            x_in = F.dropout(x, self.dropout_p[name], self.training)
+            out = out + (x_in @ self.lora_A[name].t() @ self.dense_b(name).t()) * self.scaling[name]
+        return out
+
+
+class LoraEmbedding(LoraModule):
+    """LoRA around ``nn.Embedding``: x (...) int64 -> (..., embedding_dim)."""
+
+    def __init__(self, base_layer: nn.Embedding):
+        super().__init__(base_layer)
+        self.fan_in, self.fan_out = base_layer.num_embeddings, base_layer.embedding_dim
+
+    def _matrix_to_weight(self, delta: Tensor) -> Tensor:
+        return delta.t()
+
+    def _embed(self, x: Tensor, table: Tensor) -> Tensor:
+        b = self.base_layer
+        return F.embedding(x, table, b.padding_idx, b.max_norm, b.norm_type, b.scale_grad_by_freq, b.sparse)
+
+    def _forward_with_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        return self._embed(x, weight)
+
+    def _forward_unmerged(self, x: Tensor) -> Tensor:
+        out = self._embed(x, self._pretrained_weight())
+        for name in self.active_adapters:
+            after_a = self._embed(x, self.lora_A[name].t())  # (..., r)
+            out = out + (after_a @ self.dense_b(name).t()) * self.scaling[name]
+        return out
+
+
+class LoraConv(LoraModule):
+    """LoRA around ``nn.Conv1d/2d/3d``: the kernel gets ``scaling * (B A).view(kernel shape)``."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        w = base_layer.weight
+        self.fan_in, self.fan_out = math.prod(w.shape[1:]), w.shape[0]
+
+    def _matrix_to_weight(self, delta: Tensor) -> Tensor:
+        return delta.view(self.base_layer.weight.shape)
+
+    def _forward_with_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
+
+    def _forward_unmerged(self, x: Tensor) -> Tensor:
+        if self.training and any(self.dropout_p[n] > 0 for n in self.active_adapters):
+            out = self._forward_with_weight(x, self._pretrained_weight())
+            for name in self.active_adapters:
+                x_in = F.dropout(x, self.dropout_p[name], True)
+                delta = self._matrix_to_weight(self.delta_matrix(name))
+                out = out + self.base_layer._conv_forward(x_in, delta, None)
+            return out
+        return super()._forward_unmerged(x)
+
+
+def _wrap_hf_conv1d(module: nn.Module, config: LoraConfig) -> LoraModule:
+    return LoraLinear(module, fan_in_fan_out=True)
+
+
+def _wrap_linear(module: nn.Module, config: LoraConfig) -> LoraModule:
+    return LoraLinear(module, fan_in_fan_out=config.fan_in_fan_out)
+
+
+#: The one dispatch table: module type -> function building its LoRA wrapper.
+WRAPPERS: dict[type, Any] = {
+    nn.Linear: _wrap_linear,
+    nn.Embedding: lambda m, c: LoraEmbedding(m),
+    nn.Conv1d: lambda m, c: LoraConv(m),
+    nn.Conv2d: lambda m, c: LoraConv(m),
+    nn.Conv3d: lambda m, c: LoraConv(m),
+}
+if HFConv1D is not None:
+    WRAPPERS[HFConv1D] = _wrap_hf_conv1d
+
+
+def _wrapper_factory(module: nn.Module):
+    for cls in type(module).__mro__:
+        if cls in WRAPPERS:
+            return WRAPPERS[cls]
+    return None
+
+
+# ============================================================================ inject & co
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoraModule]]:
+    for name, module in model.named_modules():
+        if isinstance(module, LoraModule):
+            yield name, module
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    names: list[str] = []
+    for _, module in lora_modules(model):
+        names += [n for n in module.lora_A if n not in names]
+    return names
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _check_adapter_name(name: str) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name) or name == "__base__":
+        raise ValueError(
+            f"adapter_name must be a non-empty identifier (letters, digits, '_' or '-'), not '__base__'; "
+            f"got {name!r}"
+        )
+
+
+def inject(model: nn.Module, config: LoraConfig, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Add a LoRA adapter to every module ``config`` selects, in place, and return ``model``.
+
+    Matched modules are wrapped (``name`` -> ``name.base_layer`` + ``name.lora_A[adapter_name]``...)
+    or, if already wrapped, get one more adapter. Everything but the LoRA parameters,
+    ``config.modules_to_save`` and the biases chosen by ``config.bias`` is frozen.
+    All checks run before the model is touched: on error, nothing has changed.
+    """
+    _check_adapter_name(adapter_name)
+    if adapter_name in adapter_names(model):
+        raise ValueError(
+            f"adapter name {adapter_name!r} is already used on this model (adapters: {adapter_names(model)}); "
+            "pick another name or delete the existing adapter first"
+        )
+    targets = find_targets(model, config)
+    plan = []
+    for name in targets:
+        module = model.get_submodule(name)
+        if isinstance(module, LoraModule):
+            plan.append((name, module, None))
+            continue
+        factory = _wrapper_factory(module)
+        if factory is None:
+            supported = ", ".join(sorted(t.__name__ for t in WRAPPERS))
+            raise TypeError(
+                f"module {name!r} of type {type(module).__name__} matched target_modules, but lorakit "
+                f"cannot adapt that type (supported: {supported}); narrow target_modules or exclude it"
+            )
+        plan.append((name, module, factory))
+    for pattern in config.modules_to_save or []:
+        if not any(n == pattern or n.endswith("." + pattern) for n, _ in model.named_modules()):
+            raise ValueError(f"modules_to_save entry {pattern!r} matches no module of {type(model).__name__}")
+
+    wrappers = []
+    for name, module, factory in plan:  # build all wrappers first; the model is swapped in after
+        wrapper = module if factory is None else factory(module, config)
+        if config.slices_for(name) and not isinstance(wrapper, LoraLinear):
+            raise ValueError(f"enable_lora applies to linear layers only; {name!r} is {type(module).__name__}")
+        wrappers.append((name, wrapper, factory is not None))
+    added = []
+    try:
+        for name, wrapper, _ in wrappers:
+            wrapper.add_adapter(
+                adapter_name, config.rank_for(name), config.alpha_for(name), config.lora_dropout,
+                config.use_rslora, config.init_lora_weights, config.slices_for(name),
+            )
+            added.append(wrapper)
+    except Exception:
+        for wrapper in added:
+            wrapper.delete_adapter(adapter_name)
+        raise
+    for name, wrapper, is_new in wrappers:
+        if is_new:
+            _set_module(model, name, wrapper)
+    _set_trainable(model, config)
+    model._lorakit_configs = {**getattr(model, "_lorakit_configs", {}), adapter_name: config}
+    return model
+
+
+def _set_trainable(model: nn.Module, config: LoraConfig) -> None:
+    save = set(config.modules_to_save or [])
+    lora_biases = {f"{n}.base_layer.bias" for n, _ in lora_modules(model)}
+    for name, param in model.named_parameters():
+        module_path = name.rsplit(".", 1)[0] if "." in name else ""
+        in_saved = any(module_path == s or module_path.endswith("." + s) or f".{s}." in f".{module_path}."
+                       for s in save)
+        is_bias = name.split(".")[-1] == "bias"
+        param.requires_grad = (
+            is_lora_param_name(name)
+            or in_saved
+            or (config.bias == "all" and is_bias)
+            or (config.bias == "lora_only" and name in lora_biases)
+        )
+
+
+def get_config(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> LoraConfig:
+    configs = getattr(model, "_lorakit_configs", {})
+    if adapter_name not in configs:
+        raise KeyError(f"no adapter named {adapter_name!r} on this model (adapters: {sorted(configs)})")
+    return configs[adapter_name]
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold the active adapters into a merged copy of each adapted weight (exact unmerge later)."""
+    for _, module in lora_modules(model):
+        module.merge()
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    for _, module in lora_modules(model):
+        module.unmerge()
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Write base + active updates into each base layer's weight and put the base layers back.
+
+    Returns ``model`` with no LoRA modules left; its outputs equal the adapted model's (within
+    float rounding) at the cost of no extra memory.
+    """
+    for name, module in list(lora_modules(model)):
+        base = module.base_layer
+        if module.active_adapters:
+            with torch.no_grad():
+                base.weight.add_(module.delta_weight().to(base.weight.dtype))
+        _set_module(model, name, base)
+    if hasattr(model, "_lorakit_configs"):
+        del model._lorakit_configs
+    return model
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Put the original base layers back, discarding every adapter."""
+    for name, module in list(lora_modules(model)):
+        _set_module(model, name, module.base_layer)
+    if hasattr(model, "_lorakit_configs"):
+        del model._lorakit_configs
+    return model
+
+
+def remove_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove one adapter everywhere; wrappers left with no adapter become their base layer again."""
+    for name, module in list(lora_modules(model)):
+        if adapter_name in module.lora_A:
+            module.delete_adapter(adapter_name)
+            if not len(module.lora_A):
+                _set_module(model, name, module.base_layer)
+    getattr(model, "_lorakit_configs", {}).pop(adapter_name, None)
+
+
+@contextmanager
+def restore_on_error(model: nn.Module, adapter_name: str):
+    """Undo ``inject(..., adapter_name)`` (and the trainable flags) if the block raises."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        yield
+    except BaseException:
+        if adapter_name in adapter_names(model):
+            remove_adapter(model, adapter_name)
+        for n, p in model.named_parameters():
+            if n in flags:
+                p.requires_grad = flags[n]
+        raise
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, Any]:
+    """Parameter counts: ``total``, ``trainable``, ``percent`` and, per LoRA module, its ranks.
+
+    ``lora`` counts LoRA parameters only; ``other_trainable`` the rest (heads, biases).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = sum(p.numel() for n, p in model.named_parameters() if is_lora_param_name(n))
+    ranks = {name: dict(module.rank) for name, module in lora_modules(model)}
+    return {
+        "total": total,
+        "trainable": trainable,
+        "percent": 100.0 * trainable / max(total, 1),
+        "lora": lora,
+        "other_trainable": trainable - sum(
+            p.numel() for n, p in model.named_parameters() if p.requires_grad and is_lora_param_name(n)
+        ),
+        "ranks": ranks,
+    }
+
+
+def print_trainable_parameters(model: nn.Module) -> str:
+    """A printable summary of :func:`trainable_parameters`; also printed."""
+    info = trainable_parameters(model)
+    lines = [
+        f"trainable params: {info['trainable']:,} || all params: {info['total']:,} || "
+        f"trainable%: {info['percent']:.4f} (LoRA {info['lora']:,}, other {info['other_trainable']:,})"
+    ]
+    for name, ranks in info["ranks"].items():
+        lines.append(f"  {name}: " + ", ".join(f"{a} r={r}" for a, r in ranks.items()))
+    text = "\n".join(lines)
+    print(text)
+    return text

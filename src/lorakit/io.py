@@ -1,0 +1,369 @@
+"""Adapter files: PEFT's layout both ways, and import of loralib / LoRA-paper checkpoints.
+
+A PEFT adapter directory holds ``adapter_config.json`` (``peft_type: "LORA"`` and LoraConfig's
+fields) and ``adapter_model.safetensors`` with keys ``base_model.model.<module path>.lora_A.weight``
+/ ``.lora_B.weight`` (embeddings: ``.lora_embedding_A`` / ``.lora_embedding_B``; convolutions: A as
+(r, in, *kernel) and B as (out, r, 1, ...)), ``modules_to_save`` under their original keys and
+trained biases of adapted layers as ``<path>.base_layer.bias``.
+
+Nothing here unpickles by default: safetensors is read directly, and ``.bin``/``.pt`` files go
+through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .adapt import (
+    DEFAULT_ADAPTER,
+    LoraConfig,
+    LoraConv,
+    LoraEmbedding,
+    LoraModule,
+    get_config,
+    inject,
+    lora_modules,
+    restore_on_error,
+)
+from .layers import is_lora_param_name
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+PREFIX = "base_model.model."
+
+# PEFT config fields lorakit reads.
+_PEFT_FIELDS = {
+    "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "layers_to_transform",
+    "layers_pattern", "rank_pattern", "alpha_pattern", "bias", "modules_to_save", "fan_in_fan_out",
+    "use_rslora", "base_model_name_or_path", "task_type",
+}
+# Fields that describe the file or the training run, not the adapter's function.
+_PEFT_IGNORED = {
+    "peft_type", "peft_version", "inference_mode", "auto_mapping", "revision", "init_lora_weights",
+    "megatron_core", "qalora_group_size", "ensure_weight_tying", "lorakit",
+}
+
+
+# ============================================================================ writing
+def _module_tensors(module: LoraModule, adapter: str) -> dict[str, Tensor]:
+    """One adapter's tensors in PEFT's per-module layout (keys relative to the module)."""
+    a, b = module.lora_A[adapter], module.dense_b(adapter)
+    if isinstance(module, LoraEmbedding):
+        return {"lora_embedding_A": a, "lora_embedding_B": b}
+    if isinstance(module, LoraConv):
+        conv = module.base_layer
+        if conv.groups != 1:
+            raise ValueError(
+                f"PEFT's file format has no LoRA for grouped convolutions (groups={conv.groups}); "
+                "save this model with lorakit.lora_state_dict instead"
+            )
+        kernel = tuple(conv.weight.shape[2:])
+        return {
+            "lora_A.weight": a.reshape(a.shape[0], conv.in_channels, *kernel),
+            "lora_B.weight": b.reshape(b.shape[0], b.shape[1], *([1] * len(kernel))),
+        }
+    return {"lora_A.weight": a, "lora_B.weight": b}
+
+
+def _saved_extra_names(model: nn.Module, config: LoraConfig) -> list[str]:
+    """Non-LoRA parameter names saved with the adapter: modules_to_save and the chosen biases."""
+    saved = []
+    lora_biases = {f"{n}.base_layer.bias" for n, _ in lora_modules(model)}
+    for name, _ in model.named_parameters():
+        if is_lora_param_name(name):
+            continue
+        module_path = name.rsplit(".", 1)[0] if "." in name else ""
+        in_saved = any(f".{s}." in f".{module_path}." or module_path.endswith("." + s) or module_path == s
+                       for s in config.modules_to_save or [])
+        is_bias = name.split(".")[-1] == "bias"
+        if in_saved or (config.bias == "all" and is_bias) or (config.bias == "lora_only" and name in lora_biases):
+            saved.append(name)
+    return saved
+
+
+def adapter_state_dict(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> tuple[dict[str, Tensor], dict]:
+    """The adapter's tensors under PEFT's keys, and the PEFT config dict that describes them."""
+    config = get_config(model, adapter_name)
+    tensors: dict[str, Tensor] = {}
+    rank_pattern = dict(config.rank_pattern)
+    alpha_pattern = dict(config.alpha_pattern)
+    for path, module in lora_modules(model):
+        if adapter_name not in module.lora_A:
+            continue
+        for key, value in _module_tensors(module, adapter_name).items():
+            tensors[f"{PREFIX}{path}.{key}"] = value
+        slices = module.slices[adapter_name]
+        if slices:  # a sliced fused projection is saved as a dense LoRA of rank r * n_enabled
+            r, dense_rank = module.rank[adapter_name], module.rank[adapter_name] * sum(slices)
+            alpha = config.alpha_for(path)
+            factor = (dense_rank / r) ** 0.5 if config.use_rslora else dense_rank / r
+            key = re.escape(path)
+            rank_pattern[key] = dense_rank
+            alpha_pattern[key] = alpha * factor
+    state = dict(model.named_parameters())
+    for name in _saved_extra_names(model, config):
+        tensors[PREFIX + name] = state[name]
+    peft_config = {k: v for k, v in config.to_dict().items() if k in _PEFT_FIELDS}
+    peft_config.update(
+        peft_type="LORA", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_dora=False,
+        init_lora_weights=True, inference_mode=True,
+        fan_in_fan_out=any(getattr(m, "fan_in_fan_out", False) for _, m in lora_modules(model)),
+    )
+    if isinstance(peft_config["target_modules"], list):
+        peft_config["target_modules"] = sorted(set(peft_config["target_modules"]))
+    return tensors, peft_config
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> Path:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's layout.
+
+    ``peft.PeftModel.from_pretrained(base, directory)`` loads the result with the same outputs.
+    Both files are written atomically.
+    """
+    tensors, peft_config = adapter_state_dict(model, adapter_name)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    text = json.dumps(peft_config, indent=2, sort_keys=True)
+    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    return directory
+
+
+# ============================================================================ reading
+def read_peft_config(directory: str | os.PathLike) -> LoraConfig:
+    """Parse a PEFT (or lorakit) ``adapter_config.json`` into a LoraConfig.
+
+    Raises ValueError for another ``peft_type`` and for any option lorakit does not support
+    (named; never silently dropped).
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: an adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if data.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{path}: peft_type {data.get('peft_type')!r} is not supported; lorakit reads LORA adapters")
+    unsupported = [
+        k for k, v in data.items()
+        if k not in _PEFT_FIELDS and k not in _PEFT_IGNORED and v not in (None, False, {}, [], "")
+    ]
+    if data.get("init_lora_weights") not in (None, True, False, "gaussian"):
+        unsupported.append("init_lora_weights")
+    if unsupported:
+        raise ValueError(
+            f"{path}: option(s) lorakit does not support: "
+            + ", ".join(f"{k}={data[k]!r}" for k in sorted(unsupported))
+        )
+    fields = {k: v for k, v in data.items() if k in _PEFT_FIELDS and v is not None}
+    fields.setdefault("rank_pattern", {})
+    fields.setdefault("alpha_pattern", {})
+    return LoraConfig(**fields)
+
+
+def _read_tensors(directory: Path) -> dict[str, Tensor]:
+    safetensors_path, bin_path = directory / WEIGHTS_NAME, directory / PICKLE_WEIGHTS_NAME
+    if safetensors_path.is_file():
+        try:
+            return load_file(str(safetensors_path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{safetensors_path} is corrupt or truncated ({err}); re-download or re-save it") from err
+    if bin_path.is_file():
+        return load_checkpoint(bin_path)
+    raise FileNotFoundError(f"no {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) in {directory}")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a ``.safetensors`` file, or a ``.bin``/``.pt`` file with ``weights_only=True``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path} is corrupt or truncated ({err})") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path} could not be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {err}). "
+            "lorakit never unpickles arbitrary objects; convert the file to safetensors if you trust it"
+        ) from err
+
+
+def _expected_file_tensors(model: nn.Module, adapter_name: str, config: LoraConfig) -> dict[str, tuple]:
+    """PEFT key -> (target tensor, how to reshape the file's tensor into it)."""
+    expected: dict[str, tuple] = {}
+    for path, module in lora_modules(model):
+        if adapter_name not in module.lora_A:
+            continue
+        a, b = module.lora_A[adapter_name], module.lora_B[adapter_name]
+        reference = _module_tensors(module, adapter_name)
+        (key_a, ref_a), (key_b, ref_b) = reference.items()
+        expected[f"{PREFIX}{path}.{key_a}"] = (a, tuple(ref_a.shape))
+        expected[f"{PREFIX}{path}.{key_b}"] = (b, tuple(ref_b.shape))
+    state = dict(model.named_parameters())
+    for name in _saved_extra_names(model, config):
+        expected[PREFIX + name] = (state[name], tuple(state[name].shape))
+    return expected
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Add the adapter stored in ``directory`` (written by PEFT or by lorakit) to ``model``.
+
+    Validates the config, the file and every shape before the weights are copied; on any error
+    the model is left exactly as it was.
+    """
+    directory = Path(directory)
+    config = read_peft_config(directory)
+    tensors = _read_tensors(directory)
+    with restore_on_error(model, adapter_name):
+        inject(model, config, adapter_name)
+        expected = _expected_file_tensors(model, adapter_name, config)
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME} does not fit the model adapted with its config: "
+                f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        for key, (_, file_shape) in expected.items():
+            if tuple(tensors[key].shape) != file_shape:
+                raise ValueError(
+                    f"{key}: the file holds shape {tuple(tensors[key].shape)}, the model expects {file_shape} "
+                    "(was the adapter trained on a different base model or rank?)"
+                )
+        with torch.no_grad():
+            for key, (target, _) in expected.items():
+                target.copy_(tensors[key].reshape(target.shape).to(target.dtype))
+        for _, module in lora_modules(model):
+            if module.merged:
+                module.merge()
+    return model
+
+
+# ============================================================================ loralib import
+def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(
+            "the checkpoint is not a state dict of tensors (nor one under 'model_state_dict'/'state_dict')"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def convert_loralib_checkpoint(
+    checkpoint: str | os.PathLike | dict[str, Tensor],
+    model: nn.Module,
+    lora_alpha: float,
+    output_dir: str | os.PathLike,
+    enable_lora: list[bool] | None = None,
+    base_model_name_or_path: str | None = None,
+    lora_dropout: float = 0.0,
+) -> dict[str, Any]:
+    """Turn a loralib-style state dict into a PEFT-format adapter directory for ``model``.
+
+    ``checkpoint``: a ``.bin``/``.pt``/``.safetensors`` path or a state dict with ``<path>.lora_A`` /
+    ``<path>.lora_B`` keys, e.g. the LoRA paper's GPT-2 checkpoints (``transformer.h.N.attn.c_attn``
+    as a MergedLinear over q, k, v) or RoBERTa ones (``...attention.self.query``/``value``, with or
+    without a ``classifier``). ``model``: the Hugging Face model the adapter is for (its weights are
+    not needed: ``AutoModelFor...from_config`` is enough). ``lora_alpha`` is not stored in loralib
+    checkpoints and must be given. ``enable_lora``: which slices a fused projection adapts, inferred
+    as q and v ([True, False, True]) for a 3-way fused layer with two adapted slices.
+    Non-LoRA keys under top-level modules without LoRA (e.g. ``classifier.*``) become
+    ``modules_to_save``. Returns a summary: modules, ranks, modules_to_save, ignored keys.
+    """
+    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = _unwrap_state_dict(state)
+    pairs = sorted({k[: -len(".lora_A")] for k in state if k.endswith(".lora_A")})
+    if not pairs:
+        raise ValueError("the checkpoint has no '<module>.lora_A' keys: is it a loralib-style LoRA checkpoint?")
+    module_names = dict(model.named_modules())
+    targets, rank_pattern, slices_pattern, ranks = [], {}, {}, {}
+    for path in pairs:
+        if path not in module_names:
+            close = difflib.get_close_matches(path, list(module_names), n=3)
+            raise ValueError(f"checkpoint module {path!r} does not exist in {type(model).__name__}; closest: {close}")
+        a, b = state[f"{path}.lora_A"], state.get(f"{path}.lora_B")
+        if b is None:
+            raise ValueError(f"checkpoint has {path}.lora_A but no {path}.lora_B")
+        r = b.shape[1]
+        n_enabled = a.shape[0] // r
+        targets.append(path)
+        if n_enabled > 1:
+            weight = module_names[path].weight
+            fan_out = weight.shape[1] if type(module_names[path]).__name__ == "Conv1D" else weight.shape[0]
+            n_slices = fan_out // (b.shape[0] // n_enabled)
+            flags = enable_lora or ([True, False, True] if (n_slices, n_enabled) == (3, 2) else None)
+            if flags is None or len(flags) != n_slices or sum(flags) != n_enabled:
+                raise ValueError(
+                    f"{path}: the checkpoint adapts {n_enabled} of {n_slices} slices; pass enable_lora "
+                    f"with {n_slices} flags, {n_enabled} of them True"
+                )
+            slices_pattern[re.escape(path)] = list(flags)
+        rank_pattern[re.escape(path)] = r
+        ranks[path] = r
+    lora_tops = {p.split(".")[0] for p in pairs}
+    extra = {k: v for k, v in state.items() if not is_lora_param_name(k)}
+    modules_to_save = sorted({k.split(".")[0] for k in extra if k.split(".")[0] not in lora_tops})
+    ignored = sorted(k for k in extra if k.split(".")[0] in lora_tops)
+    common_r = max(set(ranks.values()), key=list(ranks.values()).count)
+    config = LoraConfig(
+        r=common_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        target_modules="|".join(re.escape(t) for t in targets),
+        rank_pattern={k: v for k, v in rank_pattern.items() if v != common_r}, enable_lora=slices_pattern,
+        modules_to_save=modules_to_save or None, base_model_name_or_path=base_model_name_or_path,
+    )
+    model = copy.deepcopy(model)  # the caller's model stays as it was
+    inject(model, config)
+    with torch.no_grad():
+        for path, module in lora_modules(model):
+            for part in ("A", "B"):
+                target, source = getattr(module, f"lora_{part}")[DEFAULT_ADAPTER], state[f"{path}.lora_{part}"]
+                if target.shape != source.shape:
+                    raise ValueError(
+                        f"checkpoint key {path}.lora_{part} has shape {tuple(source.shape)}, the adapted "
+                        f"{type(model).__name__} expects {tuple(target.shape)}"
+                    )
+                target.copy_(source)
+        params = dict(model.named_parameters())
+        for key, value in extra.items():
+            if key.split(".")[0] in modules_to_save:
+                if key not in params or params[key].shape != value.shape:
+                    raise ValueError(f"checkpoint key {key!r} does not fit {type(model).__name__}")
+                params[key].copy_(value)
+    save_adapter(model, output_dir)
+    return {"modules": targets, "ranks": ranks, "enable_lora": slices_pattern,
+            "modules_to_save": modules_to_save, "ignored_keys": ignored}
