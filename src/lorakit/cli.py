@@ -20,6 +20,7 @@ def register(name: str, module: str, help_text: str) -> None:
 # Registered subcommands (one line each; keep sorted).
 # register("NAME", "lorakit.MODULE", "one-line help")
 register("convert", "lorakit.convert", "turn a loralib / LoRA-paper checkpoint into a PEFT adapter directory")
+register("score", "lorakit.score", "score any system's outputs with the official NLG/NLU metrics")
 
 
 def _usage() -> str:
