@@ -54,13 +54,13 @@ class TaskSpec:
 
 TASK_SPECS: dict[str, TaskSpec] = {
     "quickstart": TaskSpec("quickstart", "quickstart", ("sentence",), "label",
-                           ("weather", "food", "sport", "technology"), True, "accuracy"),
-    "cola": TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), False, "matthews_corrcoef"),
-    "sst2": TaskSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), True, "accuracy"),
-    "mrpc": TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), True, "f1"),
+                           ("weather", "food", "sport", "technology"), True, "acc"),
+    "cola": TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), False, "mcc"),
+    "sst2": TaskSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), True, "acc"),
+    "mrpc": TaskSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), True, "acc"),
     "stsb": TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, True, "pearson"),
     "rte": TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label",
-                    ("entailment", "not_entailment"), True, "accuracy"),
+                    ("entailment", "not_entailment"), True, "acc"),
 }
 
 
@@ -174,7 +174,7 @@ class GlueTask:
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(ids), width), dtype=torch.long)
         attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, (s, t) in enumerate(zip(ids, types)):
+        for i, (s, t) in enumerate(zip(ids, types, strict=False)):
             input_ids[i, : len(s)] = torch.tensor(s)
             token_type_ids[i, : len(t)] = torch.tensor(t)
             attention_mask[i, : len(s)] = 1
@@ -203,8 +203,8 @@ class GlueTask:
 
     # -- metrics -----------------------------------------------------------------------------------
     def metrics(self, predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
-        """GLUE's metrics for the task: accuracy (+F1 for MRPC), Matthews for CoLA, Pearson/Spearman
-        for STS-B. The main metric is ``self.main_metric``."""
+        """GLUE's metrics for the task: ``acc`` (+ ``f1`` for MRPC), ``mcc`` for CoLA, ``pearson`` and
+        ``spearmanr`` for STS-B. The main metric is ``self.main_metric``."""
         return _glue_metrics(self.name, list(predictions), list(references))
 
 
@@ -213,29 +213,32 @@ class GlueTask:
 # ------------------------------------------------------------------------------------------------------
 
 def _glue_metrics(task: str, preds: list, refs: list) -> dict[str, float]:
-    try:  # the project's metric package, when present
-        from lorakit.train.metrics.classification import glue_metrics
+    """GLUE's metric set under the names of ``lorakit.train.metrics`` (acc, f1, mcc, pearson, spearmanr).
+
+    Uses that package when it is installed; the small fallback below gives the same numbers.
+    """
+    try:
+        from lorakit.train.metrics import classification as cm
     except ImportError:
-        glue_metrics = None
-    if glue_metrics is not None:
-        return {k: float(v) for k, v in glue_metrics(task, preds, refs).items()}
+        cm = None
+    if cm is not None:
+        if task == "quickstart":
+            return {"acc": float(cm.accuracy(preds, refs))}
+        return {k: float(v) for k, v in cm.glue_metrics(task, preds, refs).items()}
     if task == "stsb":
-        return {"pearson": _pearson(preds, refs), "spearman": _pearson(_ranks(preds), _ranks(refs))}
+        return {"pearson": _pearson(preds, refs), "spearmanr": _pearson(_ranks(preds), _ranks(refs))}
     p = [int(x) for x in preds]
     r = [int(x) for x in refs]
-    out = {"accuracy": sum(a == b for a, b in zip(p, r)) / max(len(r), 1)}
-    if task == "mrpc":
-        tp = sum(a == 1 and b == 1 for a, b in zip(p, r))
-        fp = sum(a == 1 and b == 0 for a, b in zip(p, r))
-        fn = sum(a == 0 and b == 1 for a, b in zip(p, r))
-        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    tp = sum(a == 1 and b == 1 for a, b in zip(p, r, strict=False))
+    tn = sum(a == 0 and b == 0 for a, b in zip(p, r, strict=False))
+    fp = sum(a == 1 and b == 0 for a, b in zip(p, r, strict=False))
+    fn = sum(a == 0 and b == 1 for a, b in zip(p, r, strict=False))
     if task == "cola":
-        tp = sum(a == 1 and b == 1 for a, b in zip(p, r))
-        tn = sum(a == 0 and b == 0 for a, b in zip(p, r))
-        fp = sum(a == 1 and b == 0 for a, b in zip(p, r))
-        fn = sum(a == 0 and b == 1 for a, b in zip(p, r))
         den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        out["matthews_corrcoef"] = (tp * tn - fp * fn) / den if den else 0.0
+        return {"mcc": (tp * tn - fp * fn) / den if den else 0.0}
+    out = {"acc": sum(a == b for a, b in zip(p, r, strict=False)) / max(len(r), 1)}
+    if task == "mrpc":
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return out
 
 
@@ -244,10 +247,10 @@ def _pearson(x: list, y: list) -> float:
     if n < 2:
         return 0.0
     mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=False))
     sx = math.sqrt(sum((a - mx) ** 2 for a in x))
     sy = math.sqrt(sum((b - my) ** 2 for b in y))
-    return sxy / (sx * sy) if sx and sy else 0.0
+    return sxy / (sx * sy) if sx and sy else float("nan")  # undefined for a constant input
 
 
 def _ranks(x: list) -> list[float]:

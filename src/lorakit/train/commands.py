@@ -1,0 +1,192 @@
+"""``lorakit train`` / ``lorakit eval`` / ``lorakit inspect`` (and ``python main.py``): argument parsing
+and error reporting around ``lorakit.train.loop``. Each ``*_main(argv) -> int`` returns the exit status:
+0 success, 1 a run that failed (data, model, checkpoint, NaN loss), 2 a bad command line or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, Section, apply_overrides, read_json, validate
+
+__all__ = ["train_main", "eval_main", "inspect_main", "main"]
+
+
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .loop import TrainingError
+    from .tasks import DataError
+
+    return (DataError, TrainingError, CheckpointError)
+
+
+def _load(path: str, overrides: list[str], data: str | None = None) -> Section:
+    """Read CONFIG (a JSON file, or a workdir holding config.json), apply --set and --data, validate."""
+    p = Path(path)
+    source = p / "config.json" if p.is_dir() else p
+    raw = read_json(source)
+    raw = apply_overrides(raw, overrides)
+    if data is not None:
+        raw.setdefault("data", {})
+        if isinstance(raw["data"], dict):
+            raw["data"]["dir"] = str(Path(data).expanduser().resolve())
+    return validate(raw, str(source))
+
+
+def _set_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set training.max_steps=100 (repeatable; "
+                             "VALUE is JSON, else a string)")
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``python main.py --config CONFIG --data DATA_DIR --workdir WORK_DIR [--set k=v] [--resume|--force]``"""
+    parser = argparse.ArgumentParser(
+        prog="lorakit train", description="Run a fine-tuning experiment described by a JSON config.")
+    parser.add_argument("--config", required=True, help="JSON config (see configs/ and docs/experiments.md)")
+    parser.add_argument("--data", help="data folder (overrides data.dir)")
+    parser.add_argument("--workdir", required=True, help="where config.json, metrics, checkpoints, results go")
+    _set_arg(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in WORK_DIR even if its config differs")
+    mode.add_argument("--force", action="store_true", help="discard the run in WORK_DIR and start over")
+    args = parser.parse_args(argv)
+    try:
+        cfg = _load(args.config, args.overrides, args.data)
+    except ConfigError as err:
+        return _error(str(err), 2)
+    from .loop import train
+
+    try:
+        train(cfg, args.workdir, resume=args.resume, force=args.force)
+    except _known_errors() as err:
+        return _error(str(err), 1)
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """``lorakit eval WORKDIR [--checkpoint STEP | --average K] [--split dev] [--data DIR]``"""
+    parser = argparse.ArgumentParser(prog="lorakit eval",
+                                     description="Evaluate a run's checkpoint, or the average of its last K.")
+    parser.add_argument("workdir")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="step number or folder name (default: the latest)")
+    which.add_argument("--average", type=int, metavar="K", help="average the last K checkpoints")
+    parser.add_argument("--split", help="data split file to score (default: data.eval_split)")
+    parser.add_argument("--data", help="data folder (default: the run's data.dir)")
+    _set_arg(parser)
+    args = parser.parse_args(argv)
+    if args.average is not None and args.average < 1:
+        return _error("--average must be >= 1", 2)
+    try:
+        cfg = _load(args.workdir, args.overrides, args.data)
+    except ConfigError as err:
+        return _error(str(err), 2)
+    from .loop import evaluate_workdir
+
+    try:
+        out = evaluate_workdir(cfg, args.workdir, checkpoint=args.checkpoint, average=args.average,
+                               split=args.split)
+    except _known_errors() as err:
+        return _error(str(err), 1)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def inspect_summary(cfg: Section, workdir: Path | None = None) -> dict[str, Any]:
+    """Parameter counts, per-module LoRA ranks and adapter size on disk, without data or training."""
+    import safetensors.torch
+
+    from . import checkpoint as ckpt
+    from .loop import _parameter_counts, _seed_everything, apply_method, build_model
+    from .tasks import get_task
+
+    task = get_task(cfg.task.name)
+    _seed_everything(cfg.training.seed, False)
+    model = build_model(cfg.model, task.num_labels)
+    apply_method(model, cfg)
+    counts = _parameter_counts(model)
+    ranks: dict[str, int] = {}
+    for name, module in model.named_modules():
+        rank = getattr(module, "rank", None) if hasattr(module, "lora_A") else None
+        if isinstance(rank, dict) and rank:
+            ranks[name] = int(next(iter(rank.values())))
+        elif isinstance(getattr(module, "r", None), int) and hasattr(module, "lora_A"):
+            ranks[name] = module.r
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    latest = ckpt.latest_checkpoint(workdir / "checkpoints") if workdir else None
+    if latest is not None:
+        size, where = (latest.path / ckpt.MODEL_FILE).stat().st_size, str(latest.path / ckpt.MODEL_FILE)
+    else:
+        size = len(safetensors.torch.save({n: p.detach().contiguous() for n, p in trainable.items()}))
+        where = "computed (no checkpoint yet)"
+    return {
+        "model": cfg.model.name_or_path or f"architecture:{cfg.model.architecture.get('model_type')}",
+        "task": task.name, "method": cfg.method.name, **counts, "lora_ranks": ranks,
+        "trainable_tensors": len(trainable), "adapter_bytes": size, "adapter_file": where,
+    }
+
+
+def inspect_main(argv: list[str] | None = None) -> int:
+    """``lorakit inspect CONFIG_OR_WORKDIR [--set k=v] [--json]``"""
+    parser = argparse.ArgumentParser(
+        prog="lorakit inspect",
+        description="Show total/trainable parameters, per-module LoRA rank and adapter size, without training.")
+    parser.add_argument("target", help="a JSON config or a run's workdir")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    _set_arg(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = _load(args.target, args.overrides)
+    except ConfigError as err:
+        return _error(str(err), 2)
+    target = Path(args.target)
+    try:
+        info = inspect_summary(cfg, target if target.is_dir() else None)
+    except _known_errors() as err:
+        return _error(str(err), 1)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model:      {info['model']}")
+    print(f"task:       {info['task']}    method: {info['method']}")
+    print(f"parameters: {info['total']:,} total, {info['trainable']:,} trainable ({info['percent']:.4f}%)")
+    print(f"adapter:    {info['adapter_bytes']:,} bytes on disk ({info['adapter_file']})")
+    if info["lora_ranks"]:
+        print(f"LoRA modules ({len(info['lora_ranks'])}):")
+        for name, r in info["lora_ranks"].items():
+            print(f"  {name}: r={r}")
+    return 0
+
+
+SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lorakit train ...``: the dispatcher's entry point for the train subcommand."""
+    return train_main(argv)
+
+
+def dispatch(argv: list[str] | None = None) -> int:
+    """``main.py [train|eval|inspect] ARGS``; without a subcommand name, ``train``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(dispatch())
