@@ -356,7 +356,7 @@ def test_loading_adapter_with_wrong_shapes_names_key_and_leaves_model(tiny_bert,
 
 @pytest.mark.parametrize("change, words", [
     ({"peft_type": "IA3"}, ["peft_type", "IA3"]),
-    ({"use_dora": True}, ["use_dora=True"]),
+    ({"lora_bias": True}, ["lora_bias=True"]),
     ({"layer_replication": [[0, 1]]}, ["layer_replication"]),
 ])
 def test_unsupported_peft_options_are_named(tiny_bert, tmp_path, change, words):

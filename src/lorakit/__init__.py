@@ -25,6 +25,11 @@ __all__ = [
 
 from .adapt import (  # noqa: E402
     LoraConfig,
+    active_adapters,
+    adapter_batch,
+    add_weighted_adapter,
+    delete_adapter,
+    disable_adapters,
     find_targets,
     get_config,
     inject,
@@ -32,14 +37,22 @@ from .adapt import (  # noqa: E402
     merge_and_unload,
     print_trainable_parameters,
     remove_adapter,
+    set_adapter,
     trainable_parameters,
     unload,
     unmerge,
 )
-from .io import convert_loralib_checkpoint, load_adapter, load_checkpoint, save_adapter  # noqa: E402
+from .io import (  # noqa: E402
+    convert_loralib_checkpoint,
+    hotswap_adapter,
+    load_adapter,
+    load_checkpoint,
+    save_adapter,
+)
 
 __all__ += [
     "LoraConfig", "inject", "find_targets", "get_config", "merge", "unmerge", "merge_and_unload", "unload",
     "remove_adapter", "trainable_parameters", "print_trainable_parameters", "save_adapter", "load_adapter",
-    "load_checkpoint", "convert_loralib_checkpoint",
+    "load_checkpoint", "convert_loralib_checkpoint", "set_adapter", "active_adapters", "delete_adapter",
+    "disable_adapters", "add_weighted_adapter", "adapter_batch", "hotswap_adapter",
 ]

@@ -55,6 +55,10 @@ class LoraConfig:
         (``layers_pattern`` names the module list, e.g. ``"h"`` or ``"layer"``).
     rank_pattern / alpha_pattern: ``{regex: value}`` overriding ``r`` / ``lora_alpha`` for modules
         whose name ends with a match.
+    use_rslora: scaling lora_alpha / sqrt(r) instead of lora_alpha / r (Kalajdzievski 2023).
+    use_dora: weight-decomposed LoRA (Liu et al. 2024) with a trainable magnitude per output row.
+    init_lora_weights: True (A Kaiming-uniform, B zero), "gaussian", "pissa" (principal singular
+        vectors; the base weight becomes the residual), or False (random B, for tests).
     enable_lora: ``{regex: [bool, ...]}`` adapts only the chosen equal slices of a fused projection's
         output, e.g. ``{"c_attn": [True, False, True]}`` for GPT-2's q and v (the paper's setup).
         A lorakit extension; saved to PEFT files as an equivalent dense LoRA of rank
@@ -76,6 +80,7 @@ class LoraConfig:
     modules_to_save: list[str] | None = None
     fan_in_fan_out: bool = False
     use_rslora: bool = False
+    use_dora: bool = False
     init_lora_weights: bool | str = True
     base_model_name_or_path: str | None = None
     task_type: str | None = None
@@ -86,9 +91,10 @@ class LoraConfig:
             raise ValueError("LoraConfig.r must be >= 1 (r=0 would add nothing)")
         if self.bias not in BIAS_MODES:
             raise ValueError(f"LoraConfig.bias must be one of {BIAS_MODES}, got {self.bias!r}")
-        if self.init_lora_weights not in (True, False, "gaussian"):
+        if self.init_lora_weights not in (True, False, "gaussian", "pissa"):
             raise ValueError(
-                f"LoraConfig.init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}"
+                "LoraConfig.init_lora_weights must be True, False, 'gaussian' or 'pissa', "
+                f"got {self.init_lora_weights!r}"
             )
         if not self.target_modules:
             raise ValueError("LoraConfig.target_modules is empty: name the modules to adapt, e.g. ['q', 'v']")
@@ -233,11 +239,13 @@ class LoraModule(MergeableWeight, nn.Module):
         self.base_layer = base_layer
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
+        self.lora_magnitude_vector = nn.ParameterDict()  # DoRA: (fan_out,) per DoRA adapter
         self.scaling: dict[str, float] = {}
         self.dropout_p: dict[str, float] = {}
         self.rank: dict[str, int] = {}
         self.slices: dict[str, list[bool] | None] = {}
         self.active_adapters: list[str] = []
+        self.row_plan: tuple[Tensor, Tensor, Tensor] | None = None  # set by adapter_batch()
         self._init_merge_state()
 
     # -- what each wrapper kind provides -------------------------------------------------------
@@ -260,8 +268,22 @@ class LoraModule(MergeableWeight, nn.Module):
         return bool(self.active_adapters)
 
     def add_adapter(self, name: str, r: int, lora_alpha: float, dropout: float, use_rslora: bool = False,
-                    init: bool | str = True, slices: list[bool] | None = None) -> None:
+                    init: bool | str = True, slices: list[bool] | None = None, use_dora: bool = False,
+                    activate: bool = True) -> None:
+        """Create adapter ``name``: A (r * n_slices, fan_in), B (fan_out[/slices], r), optional DoRA magnitude.
+
+        ``init``: True (A Kaiming-uniform, B zero: the update starts at zero), ``"gaussian"`` (A normal
+        with std 1/r), ``"pissa"`` (A, B from the top-r singular triplets of W; W is replaced by the
+        residual W - scaling * B A, see Meng et al. 2024) or False (B random too; for tests).
+        """
         validate_lora_args(r, lora_alpha, dropout)
+        if use_dora and (slices or not isinstance(self, LoraLinear)):
+            raise ValueError(
+                f"use_dora is supported on whole linear layers (nn.Linear, Conv1D); not on "
+                f"{type(self.base_layer).__name__}{' with enable_lora slices' if slices else ''}"
+            )
+        if init == "pissa" and (slices or not isinstance(self, LoraLinear)):
+            raise ValueError("init_lora_weights='pissa' is supported on whole linear layers (nn.Linear, Conv1D)")
         weight = self._pretrained_weight()
         n_enabled = sum(slices) if slices else 1
         if slices and self.fan_out % len(slices):
@@ -272,35 +294,59 @@ class LoraModule(MergeableWeight, nn.Module):
         out_rows = self.fan_out // len(slices) * n_enabled if slices else self.fan_out
         lora_a = weight.new_zeros((r * n_enabled, self.fan_in))
         lora_b = weight.new_zeros((out_rows, r))
-        if init == "gaussian":
+        scaling = LF.lora_scaling(lora_alpha, r, use_rslora)
+        if isinstance(self.base_layer, nn.Embedding):  # PEFT's embedding init: A zero, B normal
+            nn.init.normal_(lora_b)
+        elif init == "gaussian":
             nn.init.normal_(lora_a, std=1 / r)
+        elif init == "pissa":
+            lora_a, lora_b = self._pissa_factors(r, scaling)
+            self.register_buffer(f"pissa_init_A_{name}", lora_a.clone(), persistent=False)
+            self.register_buffer(f"pissa_init_B_{name}", lora_b.clone(), persistent=False)
         else:
             nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))
-        if init is False:
-            nn.init.kaiming_uniform_(lora_b, a=math.sqrt(5))
-        if isinstance(self.base_layer, nn.Embedding):  # PEFT's embedding init: A zero, B normal
-            nn.init.zeros_(lora_a)
-            nn.init.normal_(lora_b)
+            if init is False:
+                nn.init.kaiming_uniform_(lora_b, a=math.sqrt(5))
         self.lora_A[name] = nn.Parameter(lora_a)
         self.lora_B[name] = nn.Parameter(lora_b)
         self.rank[name] = r
-        self.scaling[name] = LF.lora_scaling(lora_alpha, r, use_rslora)
+        self.scaling[name] = scaling
         self.dropout_p[name] = float(dropout)
         self.slices[name] = list(slices) if slices else None
         if slices:
             mask = torch.zeros(len(slices), self.fan_out // len(slices), dtype=torch.bool)
             mask[torch.tensor(slices)] = True
             self.register_buffer(f"slice_mask_{name}", mask.view(-1), persistent=False)
-        self.active_adapters.append(name)
+        if use_dora:
+            with torch.no_grad():
+                norm = self.dora_row_norm(name)
+            self.lora_magnitude_vector[name] = nn.Parameter(norm)
+        if activate:
+            self.active_adapters.append(name)
         if self.merged:
             self.merge()
 
+    def _pissa_factors(self, r: int, scaling: float) -> tuple[Tensor, Tensor]:
+        """Top-r SVD factors of W (out, in) with s * B A = W_r; W becomes the residual W - W_r."""
+        weight = self._pretrained_weight()
+        w = self._as_out_in(weight).detach().float()
+        u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+        root = (sv[:r] / scaling).sqrt()
+        lora_b = (u[:, :r] * root).to(weight.dtype)  # (out, r)
+        lora_a = (root[:, None] * vh[:r]).to(weight.dtype)  # (r, in)
+        with torch.no_grad():
+            residual = w - scaling * (lora_b.float() @ lora_a.float())
+            weight.copy_(self._matrix_to_weight(residual).to(weight.dtype))
+        return lora_a, lora_b
+
     def delete_adapter(self, name: str) -> None:
-        for table in (self.lora_A, self.lora_B):
-            del table[name]
+        for table in (self.lora_A, self.lora_B, self.lora_magnitude_vector):
+            if name in table:
+                del table[name]
         for table in (self.scaling, self.dropout_p, self.rank, self.slices):
             table.pop(name, None)
-        self._buffers.pop(f"slice_mask_{name}", None)
+        for buffer in (f"slice_mask_{name}", f"pissa_init_A_{name}", f"pissa_init_B_{name}"):
+            self._buffers.pop(buffer, None)
         if name in self.active_adapters:
             self.active_adapters.remove(name)
         if self.merged:
@@ -313,9 +359,44 @@ class LoraModule(MergeableWeight, nn.Module):
             return b
         return LF.group_block_b(b, getattr(self, f"slice_mask_{name}"), sum(self.slices[name]))
 
-    def delta_matrix(self, name: str) -> Tensor:
+    def lora_matrix(self, name: str) -> Tensor:
         """scaling * B A for adapter ``name``: (fan_out, fan_in)."""
         return LF.delta_weight(self.lora_A[name], self.dense_b(name), self.scaling[name])
+
+    def delta_matrix(self, name: str) -> Tensor:
+        """What adapter ``name`` adds to W, as (fan_out, fan_in); for DoRA, m/||W + sBA|| (W + sBA) - W."""
+        if name not in self.lora_magnitude_vector:
+            return self.lora_matrix(name)
+        w = self._as_out_in(self._pretrained_weight())
+        scale = (self.lora_magnitude_vector[name] / self.dora_row_norm(name)).unsqueeze(1)
+        return (scale - 1) * w + scale * self.lora_matrix(name)
+
+    def dora_row_norm(self, name: str) -> Tensor:
+        """||W + s B A|| per output row, (fan_out,), without forming the (fan_out, fan_in) update.
+
+        ||w_o + s b_o A||^2 = ||w_o||^2 + 2 s b_o . (A w_o) + s^2 b_o (A A^T) b_o^T, so the cost is
+        one (fan_out, fan_in) x (fan_in, r) product and (r, r) terms.
+        """
+        w = self._as_out_in(self._pretrained_weight())
+        a, b, s = self.lora_A[name], self.dense_b(name), self.scaling[name]
+        w_a = w @ a.t()  # (out, r)
+        squared = (torch.linalg.vector_norm(w, dim=1) ** 2 + 2 * s * (b * w_a).sum(1)
+                   + s * s * ((b @ (a @ a.t())) * b).sum(1))
+        return squared.clamp_min(0).sqrt()
+
+    def _as_out_in(self, weight: Tensor) -> Tensor:
+        return weight
+
+    def refresh_trainable(self) -> None:
+        """LoRA parameters of active adapters train; those of inactive adapters are frozen."""
+        for table in (self.lora_A, self.lora_B, self.lora_magnitude_vector):
+            for name, param in table.items():
+                param.requires_grad = name in self.active_adapters
+
+    def set_active(self, names: list[str]) -> None:
+        self.active_adapters = [n for n in names if n in self.lora_A]
+        if self.merged:
+            self.merge()
 
     def delta_weight(self) -> Tensor:
         total = sum(self.delta_matrix(n) for n in self.active_adapters)
@@ -323,9 +404,14 @@ class LoraModule(MergeableWeight, nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        if self.row_plan is not None:
+            return self._forward_mixed(x)
         if self.merged or not self.active_adapters:
             return self._forward_with_weight(x, self._effective_weight())
         return self._forward_unmerged(x)
+
+    def _forward_mixed(self, x: Tensor) -> Tensor:
+        raise ValueError(f"mixed-adapter batches support linear layers only, not {type(self.base_layer).__name__}")
 
     def _forward_unmerged(self, x: Tensor) -> Tensor:
         weight = self._pretrained_weight() + self.delta_weight()
@@ -359,14 +445,39 @@ class LoraLinear(LoraModule):
 
     def _forward_unmerged(self, x: Tensor) -> Tensor:
         first, *rest = self.active_adapters
+        bias = self.base_layer.bias
+        dora = first in self.lora_magnitude_vector
         out = LF.lora_linear(
-            x, self._as_out_in(self._pretrained_weight()), self.base_layer.bias, self.lora_A[first],
+            x, self._as_out_in(self._pretrained_weight()), None if dora else bias, self.lora_A[first],
             self.dense_b(first), self.scaling[first], self.dropout_p[first], self.training,
         )
+        if dora:  # DoRA (Liu et al. 2024): m / ||W + sBA|| (x W^T + s x A^T B^T); the norm is a constant
+            with torch.no_grad():
+                norm = self.dora_row_norm(first)
+            out = out * (self.lora_magnitude_vector[first] / norm)
+            out = out + bias if bias is not None else out
         for name in rest:
+            if name in self.lora_magnitude_vector:
+                raise ValueError("a DoRA adapter can only be active alone or first among the active adapters")
             x_in = F.dropout(x, self.dropout_p[name], self.training)
             out = out + (x_in @ self.lora_A[name].t() @ self.dense_b(name).t()) * self.scaling[name]
         return out
+
+    def _forward_mixed(self, x: Tensor) -> Tensor:
+        """Row i of the batch uses adapter slot ``row_index[i]``: one gathered batched matmul per layer."""
+        row_index, a_stack_t, bt_stack = self.row_plan  # (rows,), (slots, in, R), (slots, R, out) * scaling
+        base = self._forward_with_weight(x, self._pretrained_weight())
+        rows = x.shape[0]
+        if rows != row_index.numel():
+            if rows % row_index.numel():
+                raise ValueError(
+                    f"adapter_batch was given {row_index.numel()} row names but the batch has {rows} rows"
+                )
+            row_index = row_index.repeat_interleave(rows // row_index.numel())  # e.g. beams in generate()
+        x3 = x.reshape(rows, -1, x.shape[-1])
+        x_a = torch.bmm(x3, a_stack_t[row_index])  # (rows, seq, R)
+        out = torch.baddbmm(base.reshape(rows, -1, base.shape[-1]), x_a, bt_stack[row_index])
+        return out.view(base.shape)
 
 
 class LoraEmbedding(LoraModule):
@@ -512,12 +623,14 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = DEFAULT_ADA
         if config.slices_for(name) and not isinstance(wrapper, LoraLinear):
             raise ValueError(f"enable_lora applies to linear layers only; {name!r} is {type(module).__name__}")
         wrappers.append((name, wrapper, factory is not None))
+    activate = not active_adapters(model)  # as in PEFT: a further adapter is added inactive
     added = []
     try:
         for name, wrapper, _ in wrappers:
             wrapper.add_adapter(
                 adapter_name, config.rank_for(name), config.alpha_for(name), config.lora_dropout,
-                config.use_rslora, config.init_lora_weights, config.slices_for(name),
+                config.use_rslora, config.init_lora_weights, config.slices_for(name), config.use_dora,
+                activate=activate,
             )
             added.append(wrapper)
     except Exception:
@@ -532,20 +645,33 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = DEFAULT_ADA
     return model
 
 
-def _set_trainable(model: nn.Module, config: LoraConfig) -> None:
-    save = set(config.modules_to_save or [])
+def in_modules(param_name: str, module_names: list[str] | None) -> bool:
+    """True if parameter ``param_name`` belongs to one of ``module_names`` (full names or suffixes)."""
+    module_path = param_name.rsplit(".", 1)[0] if "." in param_name else ""
+    return any(f".{m}." in f".{module_path}." or module_path.endswith("." + m) or module_path == m
+               for m in module_names or [])
+
+
+def extra_trainable_names(model: nn.Module, config: LoraConfig) -> list[str]:
+    """Non-LoRA parameters that train and travel with the adapter: modules_to_save and chosen biases."""
     lora_biases = {f"{n}.base_layer.bias" for n, _ in lora_modules(model)}
-    for name, param in model.named_parameters():
-        module_path = name.rsplit(".", 1)[0] if "." in name else ""
-        in_saved = any(module_path == s or module_path.endswith("." + s) or f".{s}." in f".{module_path}."
-                       for s in save)
+    names = []
+    for name, _ in model.named_parameters():
+        if is_lora_param_name(name):
+            continue
         is_bias = name.split(".")[-1] == "bias"
-        param.requires_grad = (
-            is_lora_param_name(name)
-            or in_saved
-            or (config.bias == "all" and is_bias)
-            or (config.bias == "lora_only" and name in lora_biases)
-        )
+        if (in_modules(name, config.modules_to_save) or (config.bias == "all" and is_bias)
+                or (config.bias == "lora_only" and name in lora_biases)):
+            names.append(name)
+    return names
+
+
+def _set_trainable(model: nn.Module, config: LoraConfig) -> None:
+    extra = set(extra_trainable_names(model, config))
+    for name, param in model.named_parameters():
+        param.requires_grad = name in extra
+    for _, module in lora_modules(model):
+        module.refresh_trainable()
 
 
 def get_config(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> LoraConfig:
@@ -553,6 +679,180 @@ def get_config(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> LoraCon
     if adapter_name not in configs:
         raise KeyError(f"no adapter named {adapter_name!r} on this model (adapters: {sorted(configs)})")
     return configs[adapter_name]
+
+
+def _check_known(model: nn.Module, names: list[str], allow_base: bool = False) -> None:
+    known = adapter_names(model)
+    unknown = [n for n in names if n not in known and not (allow_base and n == "__base__")]
+    if unknown:
+        raise ValueError(f"unknown adapter name(s) {unknown}; this model has {known}"
+                         + (" (and '__base__' for no adapter)" if allow_base else ""))
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    """The adapters in use, in order (their updates add up)."""
+    names: list[str] = []
+    for _, module in lora_modules(model):
+        names += [n for n in module.active_adapters if n not in names]
+    return names
+
+
+def set_adapter(model: nn.Module, names: str | list[str]) -> None:
+    """Use adapter ``names`` (one name or a list whose updates add up); only their LoRA weights train."""
+    names = [names] if isinstance(names, str) else list(names)
+    _check_known(model, names)
+    for _, module in lora_modules(model):
+        module.set_active(names)
+        module.refresh_trainable()
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name`` everywhere (modules left without adapters become plain again)."""
+    _check_known(model, [name])
+    remove_adapter(model, name)
+
+
+@contextmanager
+def disable_adapters(model: nn.Module):
+    """Within the block the model behaves as the base model (merged modules are unmerged, then restored)."""
+    saved = [(m, list(m.active_adapters), m.merged) for _, m in lora_modules(model)]
+    try:
+        for module, _, _ in saved:
+            module.unmerge()
+            module.active_adapters = []
+        yield model
+    finally:
+        for module, active, merged in saved:
+            module.active_adapters = active
+            if merged:
+                module.merge()
+
+
+def _adapter_paths(model: nn.Module, name: str) -> set[str]:
+    return {path for path, m in lora_modules(model) if name in m.lora_A}
+
+
+def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[float], adapter_name: str,
+                         combination_type: str = "linear", svd_rank: int | None = None) -> None:
+    """Create ``adapter_name`` from a weighted combination of existing adapters (PEFT's semantics).
+
+    ``"linear"``: A = sum sign(w_i s_i) sqrt|w_i s_i| A_i, B = sum sqrt|w_i s_i| B_i (equal ranks);
+    ``"cat"``: A = [w_i s_i A_i] stacked, B = [B_i] side by side (rank = sum of ranks; exact sum of
+    weighted updates); ``"svd"``: the top ``svd_rank`` (default: largest rank) singular triplets of
+    sum w_i s_i B_i A_i. The new adapter has scaling 1, is inactive and frozen (use ``set_adapter``).
+    """
+    if combination_type not in ("linear", "cat", "svd"):
+        raise ValueError(f"combination_type must be 'linear', 'cat' or 'svd', got {combination_type!r}")
+    if len(weights) != len(adapters):
+        raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; give one weight per adapter")
+    if not adapters:
+        raise ValueError("adapters is empty: name at least one adapter to combine")
+    _check_known(model, adapters)
+    _check_adapter_name(adapter_name)
+    if adapter_name in adapter_names(model):
+        raise ValueError(f"adapter name {adapter_name!r} is already used on this model")
+    if len(adapters) == 1:
+        combination_type = "linear"
+    if combination_type == "linear":
+        paths = [_adapter_paths(model, a) for a in adapters]
+        if any(p != paths[0] for p in paths):
+            differ = sorted(set.union(*paths) - set.intersection(*paths))
+            raise ValueError(f"'linear' combination needs adapters on the same modules; these modules differ: "
+                             f"{differ[:8]}{' ...' if len(differ) > 8 else ''} (use 'cat' or 'svd')")
+    for path, module in lora_modules(model):
+        present = [(a, w) for a, w in zip(adapters, weights, strict=True) if a in module.lora_A]
+        if not present:
+            continue
+        if any(a in module.lora_magnitude_vector for a, _ in present):
+            raise ValueError(f"{path}: DoRA adapters cannot be combined")
+        ranks = {a: module.lora_A[a].shape[0] for a, _ in present}
+        if combination_type == "linear" and len(set(ranks.values())) > 1:
+            raise ValueError(f"{path}: 'linear' combination needs equal ranks, got {ranks}")
+        with torch.no_grad():
+            if combination_type == "linear":
+                new_a = sum(math.copysign(math.sqrt(abs(w * module.scaling[a])), w * module.scaling[a])
+                            * module.lora_A[a] for a, w in present)
+                new_b = sum(math.sqrt(abs(w * module.scaling[a])) * module.dense_b(a) for a, w in present)
+            elif combination_type == "cat":
+                new_a = torch.cat([w * module.scaling[a] * module.lora_A[a] for a, w in present], 0)
+                new_b = torch.cat([module.dense_b(a) for a, _ in present], 1)
+            else:
+                rank = svd_rank or max(module.lora_A[a].shape[0] for a in adapters if a in module.lora_A)
+                delta = sum(w * module.lora_matrix(a) for a, w in present)
+                u, sv, vh = torch.linalg.svd(delta.float(), full_matrices=True)
+                new_b, new_a = (u[:, :rank] * sv[:rank]).to(delta.dtype), vh[:rank].to(delta.dtype)
+        rank = new_a.shape[0]
+        module.add_adapter(adapter_name, rank, rank, 0.0, activate=False)
+        with torch.no_grad():
+            module.lora_A[adapter_name].copy_(new_a)
+            module.lora_B[adapter_name].copy_(new_b)
+        module.refresh_trainable()
+    base = get_config(model, adapters[0]) if adapters[0] in getattr(model, "_lorakit_configs", {}) else None
+    targets = sorted(set.union(*[_adapter_paths(model, a) for a in adapters]))
+    new_config = LoraConfig(r=max(module.rank.get(adapter_name, 1) for _, module in lora_modules(model)),
+                            lora_alpha=1, target_modules=[re.escape(t) for t in targets])
+    new_config = dataclasses.replace(
+        new_config, target_modules="|".join(re.escape(t) for t in targets),
+        rank_pattern={re.escape(p): m.rank[adapter_name] for p, m in lora_modules(model) if adapter_name in m.rank},
+        alpha_pattern={re.escape(p): m.rank[adapter_name] for p, m in lora_modules(model) if adapter_name in m.rank},
+        modules_to_save=base.modules_to_save if base else None,
+        base_model_name_or_path=base.base_model_name_or_path if base else None,
+    )
+    model._lorakit_configs = {**getattr(model, "_lorakit_configs", {}), adapter_name: new_config}
+
+
+@contextmanager
+def adapter_batch(model: nn.Module, names_per_row: list[str]):
+    """Within the block, batch row i runs with adapter ``names_per_row[i]`` (``"__base__"``: none).
+
+    Inference only. Each linear LoRA module stacks the named adapters' A and B (ranks padded with
+    zeros) once on entry and serves the batch with one gathered batched matmul, so the cost does not
+    grow with the number of distinct adapters. Works around ``model(...)`` and ``model.generate(...)``
+    (rows repeated for beams are followed).
+    """
+    names_per_row = list(names_per_row)
+    if model.training:
+        raise ValueError("adapter_batch is for inference: call model.eval() first (mixed batches do not train)")
+    if not names_per_row:
+        raise ValueError("names_per_row is empty: give one adapter name (or '__base__') per batch row")
+    _check_known(model, names_per_row, allow_base=True)
+    slots = list(dict.fromkeys(names_per_row))
+    saved = []
+    try:
+        for path, module in lora_modules(model):
+            used = [n for n in slots if n in module.lora_A]
+            if not used:
+                continue
+            if not isinstance(module, LoraLinear):
+                raise ValueError(f"{path}: mixed-adapter batches support linear layers; this adapts a "
+                                 f"{type(module.base_layer).__name__}")
+            if any(n in module.lora_magnitude_vector for n in used):
+                raise ValueError(f"{path}: mixed-adapter batches do not support DoRA adapters")
+            saved.append((module, module.merged))
+            module.unmerge()
+            module.row_plan = _row_plan(module, slots, names_per_row)
+        yield model
+    finally:
+        for module, merged in saved:
+            module.row_plan = None
+            if merged:
+                module.merge()
+
+
+def _row_plan(module: LoraLinear, slots: list[str], names_per_row: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """(row slot index (rows,), stacked A^T (slots, in, R), stacked scaling * B^T (slots, R, out))."""
+    weight = module.lora_A[next(n for n in slots if n in module.lora_A)]
+    rank = max(module.lora_A[n].shape[0] for n in slots if n in module.lora_A)
+    a_t = weight.new_zeros(len(slots), module.fan_in, rank)
+    b_t = weight.new_zeros(len(slots), rank, module.fan_out)
+    with torch.no_grad():
+        for i, name in enumerate(slots):
+            if name in module.lora_A:
+                r = module.lora_A[name].shape[0]
+                a_t[i, :, :r] = module.lora_A[name].t()
+                b_t[i, :r, :] = module.dense_b(name).t() * module.scaling[name]
+    index = torch.tensor([slots.index(n) for n in names_per_row], device=weight.device)
+    return index, a_t, b_t
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -13,6 +13,7 @@ through ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import json
 import os
@@ -32,11 +33,13 @@ from .adapt import (
     LoraConv,
     LoraEmbedding,
     LoraModule,
+    extra_trainable_names,
     get_config,
     inject,
     lora_modules,
     restore_on_error,
 )
+from .functional import lora_scaling
 from .layers import is_lora_param_name
 
 CONFIG_NAME = "adapter_config.json"
@@ -48,7 +51,7 @@ PREFIX = "base_model.model."
 _PEFT_FIELDS = {
     "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "layers_to_transform",
     "layers_pattern", "rank_pattern", "alpha_pattern", "bias", "modules_to_save", "fan_in_fan_out",
-    "use_rslora", "base_model_name_or_path", "task_type",
+    "use_rslora", "use_dora", "base_model_name_or_path", "task_type",
 }
 # Fields that describe the file or the training run, not the adapter's function.
 _PEFT_IGNORED = {
@@ -58,9 +61,22 @@ _PEFT_IGNORED = {
 
 
 # ============================================================================ writing
-def _module_tensors(module: LoraModule, adapter: str) -> dict[str, Tensor]:
-    """One adapter's tensors in PEFT's per-module layout (keys relative to the module)."""
+def pissa_initial_factors(module: LoraModule, adapter: str) -> tuple[Tensor, Tensor] | None:
+    """(A0, B0) a PiSSA adapter started from, or None for other adapters."""
+    a0 = getattr(module, f"pissa_init_A_{adapter}", None)
+    return None if a0 is None else (a0, getattr(module, f"pissa_init_B_{adapter}"))
+
+
+def _module_tensors(module: LoraModule, adapter: str, pissa_to_lora: bool = False) -> dict[str, Tensor]:
+    """One adapter's tensors in PEFT's per-module layout (keys relative to the module).
+
+    ``pissa_to_lora``: a PiSSA adapter (A, B) that started from (A0, B0) on the residual weight is
+    written as the plain rank-2r LoRA [A; A0], [B, -B0] that applies to the original weight.
+    """
     a, b = module.lora_A[adapter], module.dense_b(adapter)
+    initial = pissa_initial_factors(module, adapter) if pissa_to_lora else None
+    if initial is not None:
+        a, b = torch.cat([a, initial[0]], 0), torch.cat([b, -initial[1]], 1)
     if isinstance(module, LoraEmbedding):
         return {"lora_embedding_A": a, "lora_embedding_B": b}
     if isinstance(module, LoraConv):
@@ -75,27 +91,19 @@ def _module_tensors(module: LoraModule, adapter: str) -> dict[str, Tensor]:
             "lora_A.weight": a.reshape(a.shape[0], conv.in_channels, *kernel),
             "lora_B.weight": b.reshape(b.shape[0], b.shape[1], *([1] * len(kernel))),
         }
-    return {"lora_A.weight": a, "lora_B.weight": b}
+    tensors = {"lora_A.weight": a, "lora_B.weight": b}
+    if adapter in module.lora_magnitude_vector:
+        tensors["lora_magnitude_vector"] = module.lora_magnitude_vector[adapter]
+    return tensors
 
 
-def _saved_extra_names(model: nn.Module, config: LoraConfig) -> list[str]:
-    """Non-LoRA parameter names saved with the adapter: modules_to_save and the chosen biases."""
-    saved = []
-    lora_biases = {f"{n}.base_layer.bias" for n, _ in lora_modules(model)}
-    for name, _ in model.named_parameters():
-        if is_lora_param_name(name):
-            continue
-        module_path = name.rsplit(".", 1)[0] if "." in name else ""
-        in_saved = any(f".{s}." in f".{module_path}." or module_path.endswith("." + s) or module_path == s
-                       for s in config.modules_to_save or [])
-        is_bias = name.split(".")[-1] == "bias"
-        if in_saved or (config.bias == "all" and is_bias) or (config.bias == "lora_only" and name in lora_biases):
-            saved.append(name)
-    return saved
+def adapter_state_dict(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER,
+                       pissa_to_lora: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """The adapter's tensors under PEFT's keys, and the PEFT config dict that describes them.
 
-
-def adapter_state_dict(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> tuple[dict[str, Tensor], dict]:
-    """The adapter's tensors under PEFT's keys, and the PEFT config dict that describes them."""
+    ``pissa_to_lora``: write a PiSSA adapter as the equivalent plain LoRA for the original base
+    weights (rank doubled), so it can be shared without the residual model.
+    """
     config = get_config(model, adapter_name)
     tensors: dict[str, Tensor] = {}
     rank_pattern = dict(config.rank_pattern)
@@ -103,23 +111,25 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) ->
     for path, module in lora_modules(model):
         if adapter_name not in module.lora_A:
             continue
-        for key, value in _module_tensors(module, adapter_name).items():
+        for key, value in _module_tensors(module, adapter_name, pissa_to_lora).items():
             tensors[f"{PREFIX}{path}.{key}"] = value
         slices = module.slices[adapter_name]
-        if slices:  # a sliced fused projection is saved as a dense LoRA of rank r * n_enabled
-            r, dense_rank = module.rank[adapter_name], module.rank[adapter_name] * sum(slices)
+        doubled = pissa_to_lora and pissa_initial_factors(module, adapter_name) is not None
+        if slices or doubled:  # saved as a dense LoRA of rank r * n_enabled (sliced) or 2r (PiSSA -> LoRA)
+            r = module.rank[adapter_name]
+            dense_rank = r * sum(slices) if slices else 2 * r
             alpha = config.alpha_for(path)
             factor = (dense_rank / r) ** 0.5 if config.use_rslora else dense_rank / r
             key = re.escape(path)
             rank_pattern[key] = dense_rank
             alpha_pattern[key] = alpha * factor
     state = dict(model.named_parameters())
-    for name in _saved_extra_names(model, config):
+    for name in extra_trainable_names(model, config):
         tensors[PREFIX + name] = state[name]
     peft_config = {k: v for k, v in config.to_dict().items() if k in _PEFT_FIELDS}
     peft_config.update(
-        peft_type="LORA", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_dora=False,
-        init_lora_weights=True, inference_mode=True,
+        peft_type="LORA", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_dora=config.use_dora,
+        init_lora_weights=config.init_lora_weights if not pissa_to_lora else True, inference_mode=True,
         fan_in_fan_out=any(getattr(m, "fan_in_fan_out", False) for _, m in lora_modules(model)),
     )
     if isinstance(peft_config["target_modules"], list):
@@ -142,13 +152,15 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> Path:
+def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER,
+                 pissa_to_lora: bool = False) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's layout.
 
     ``peft.PeftModel.from_pretrained(base, directory)`` loads the result with the same outputs.
-    Both files are written atomically.
+    Both files are written atomically. ``pissa_to_lora=True`` writes a PiSSA adapter as a plain LoRA
+    for the original (not residual) base model.
     """
-    tensors, peft_config = adapter_state_dict(model, adapter_name)
+    tensors, peft_config = adapter_state_dict(model, adapter_name, pissa_to_lora)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -178,7 +190,7 @@ def read_peft_config(directory: str | os.PathLike) -> LoraConfig:
         k for k, v in data.items()
         if k not in _PEFT_FIELDS and k not in _PEFT_IGNORED and v not in (None, False, {}, [], "")
     ]
-    if data.get("init_lora_weights") not in (None, True, False, "gaussian"):
+    if data.get("init_lora_weights") not in (None, True, False, "gaussian", "pissa"):
         unsupported.append("init_lora_weights")
     if unsupported:
         raise ValueError(
@@ -226,50 +238,95 @@ def _expected_file_tensors(model: nn.Module, adapter_name: str, config: LoraConf
     for path, module in lora_modules(model):
         if adapter_name not in module.lora_A:
             continue
-        a, b = module.lora_A[adapter_name], module.lora_B[adapter_name]
-        reference = _module_tensors(module, adapter_name)
-        (key_a, ref_a), (key_b, ref_b) = reference.items()
-        expected[f"{PREFIX}{path}.{key_a}"] = (a, tuple(ref_a.shape))
-        expected[f"{PREFIX}{path}.{key_b}"] = (b, tuple(ref_b.shape))
+        targets = [module.lora_A[adapter_name], module.lora_B[adapter_name]]
+        if adapter_name in module.lora_magnitude_vector:
+            targets.append(module.lora_magnitude_vector[adapter_name])
+        for (key, reference), target in zip(_module_tensors(module, adapter_name).items(), targets, strict=True):
+            expected[f"{PREFIX}{path}.{key}"] = (target, tuple(reference.shape))
     state = dict(model.named_parameters())
-    for name in _saved_extra_names(model, config):
+    for name in extra_trainable_names(model, config):
         expected[PREFIX + name] = (state[name], tuple(state[name].shape))
     return expected
+
+
+def _copy_adapter_tensors(model: nn.Module, adapter_name: str, config: LoraConfig, tensors: dict[str, Tensor],
+                          source: Path) -> None:
+    """Check that ``tensors`` (PEFT keys) fit adapter ``adapter_name`` exactly, then copy them in."""
+    expected = _expected_file_tensors(model, adapter_name, config)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not fit the model adapted with its config: "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, (_, file_shape) in expected.items():
+        if tuple(tensors[key].shape) != file_shape:
+            raise ValueError(
+                f"{key}: the file holds shape {tuple(tensors[key].shape)}, the model expects {file_shape} "
+                "(was the adapter trained on a different base model or rank?)"
+            )
+    with torch.no_grad():
+        for key, (target, _) in expected.items():
+            target.copy_(tensors[key].reshape(target.shape).to(target.dtype))
+    for _, module in lora_modules(model):
+        if module.merged:
+            module.merge()
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Add the adapter stored in ``directory`` (written by PEFT or by lorakit) to ``model``.
 
     Validates the config, the file and every shape before the weights are copied; on any error
-    the model is left exactly as it was.
+    the model is left exactly as it was. As in PEFT, a further adapter is added inactive: switch to
+    it with ``lorakit.set_adapter``.
     """
     directory = Path(directory)
     config = read_peft_config(directory)
+    config.init_lora_weights = True  # the weights come from the file; never re-initialise the base
     tensors = _read_tensors(directory)
     with restore_on_error(model, adapter_name):
         inject(model, config, adapter_name)
-        expected = _expected_file_tensors(model, adapter_name, config)
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"{directory / WEIGHTS_NAME} does not fit the model adapted with its config: "
-                f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-            )
-        for key, (_, file_shape) in expected.items():
-            if tuple(tensors[key].shape) != file_shape:
-                raise ValueError(
-                    f"{key}: the file holds shape {tuple(tensors[key].shape)}, the model expects {file_shape} "
-                    "(was the adapter trained on a different base model or rank?)"
-                )
+        _copy_adapter_tensors(model, adapter_name, config, tensors, directory / WEIGHTS_NAME)
+    return model
+
+
+def hotswap_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> None:
+    """Load another adapter's weights into the existing slot ``adapter_name``, without rebuilding modules.
+
+    The new adapter must adapt the same modules with the same ranks (its alpha may differ: the scaling
+    is updated). Meant for serving loops and compiled models: no module or parameter object changes.
+    On error nothing is changed.
+    """
+    directory = Path(directory)
+    new_config = read_peft_config(directory)
+    tensors = _read_tensors(directory)
+    old_config = get_config(model, adapter_name)
+    slot_config = dataclasses.replace(old_config, modules_to_save=new_config.modules_to_save, bias=new_config.bias)
+    modules = [(p, m) for p, m in lora_modules(model) if adapter_name in m.lora_A]
+    for path, module in modules:
+        if new_config.rank_for(path) != module.rank[adapter_name]:
+            raise ValueError(f"{path}: hot-swap needs the same rank; the slot has r={module.rank[adapter_name]}, "
+                             f"the new adapter r={new_config.rank_for(path)}")
+    expected = _expected_file_tensors(model, adapter_name, slot_config)
+    before = {key: target.detach().clone() for key, (target, _) in expected.items()}
+    try:
+        _copy_adapter_tensors(model, adapter_name, slot_config, tensors, directory / WEIGHTS_NAME)
+    except Exception:
         with torch.no_grad():
             for key, (target, _) in expected.items():
-                target.copy_(tensors[key].reshape(target.shape).to(target.dtype))
-        for _, module in lora_modules(model):
-            if module.merged:
-                module.merge()
-    return model
+                target.copy_(before[key])
+        raise
+    for path, module in modules:
+        module.scaling[adapter_name] = lora_scaling(new_config.alpha_for(path), module.rank[adapter_name],
+                                                    new_config.use_rslora)
+        if module.merged:
+            module.merge()
+    model._lorakit_configs[adapter_name] = dataclasses.replace(
+        slot_config, lora_alpha=new_config.lora_alpha, alpha_pattern=new_config.alpha_pattern,
+        use_rslora=new_config.use_rslora,
+    )
 
 
 # ============================================================================ loralib import

@@ -1,0 +1,265 @@
+"""Many adapters on one model, checked against PEFT's outputs on tiny random HF models."""
+
+from __future__ import annotations
+
+import copy
+
+import peft
+import pytest
+import torch
+from conftest import randomize_lora
+
+import lorakit
+from lorakit.adapt import LoraLinear
+
+IDS = torch.tensor([[1, 5, 7, 9, 2, 3], [4, 4, 8, 1, 0, 6], [3, 2, 1, 9, 9, 9]])
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def two_adapters(model, r2=4, targets2=("c_attn",)):
+    lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"]), "one")
+    lorakit.inject(model, lorakit.LoraConfig(r=r2, lora_alpha=16, target_modules=list(targets2)), "two")
+    randomize_lora(model)
+    return model
+
+
+def to_peft(base, model, names, tmp_path):
+    """A PEFT model holding the same adapters, loaded from lorakit's files."""
+    first, *rest = names
+    lorakit.save_adapter(model, tmp_path / first, first)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / first), adapter_name=first)
+    for name in rest:
+        lorakit.save_adapter(model, tmp_path / name, name)
+        theirs.load_adapter(str(tmp_path / name), adapter_name=name)
+    return theirs.eval()
+
+
+def test_second_adapter_is_added_inactive_and_set_adapter_switches(tiny_gpt2):
+    model = two_adapters(tiny_gpt2, targets2=("c_attn", "c_fc"))
+    assert lorakit.active_adapters(model) == ["one"]
+    c_attn = model.transformer.h[0].attn.c_attn
+    assert c_attn.lora_A["one"].requires_grad and not c_attn.lora_A["two"].requires_grad
+    out_one = logits(model)
+    lorakit.set_adapter(model, "two")
+    assert not c_attn.lora_A["one"].requires_grad and c_attn.lora_A["two"].requires_grad
+    assert not torch.allclose(logits(model), out_one)
+    lorakit.set_adapter(model, ["one", "two"])
+    assert lorakit.active_adapters(model) == ["one", "two"]
+
+
+def test_several_active_adapters_sum_like_peft(tiny_gpt2, tmp_path):
+    base = copy.deepcopy(tiny_gpt2)
+    model = two_adapters(tiny_gpt2)
+    lorakit.set_adapter(model, ["one", "two"])
+    theirs = to_peft(base, model, ["one", "two"], tmp_path)
+    theirs.base_model.set_adapter(["one", "two"])
+    torch.testing.assert_close(logits(model), logits(theirs))
+
+
+def test_disable_adapters_gives_the_base_model_and_restores(tiny_gpt2):
+    base = copy.deepcopy(tiny_gpt2)
+    model = two_adapters(tiny_gpt2)
+    adapted = logits(model)
+    lorakit.merge(model)
+    with lorakit.disable_adapters(model):
+        torch.testing.assert_close(logits(model), logits(base))
+    torch.testing.assert_close(logits(model), adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_delete_adapter(tiny_gpt2):
+    model = two_adapters(tiny_gpt2)
+    lorakit.delete_adapter(model, "two")
+    assert lorakit.adapt.adapter_names(model) == ["one"]
+    assert all("two" not in m.lora_A for _, m in lorakit.adapt.lora_modules(model))
+    with pytest.raises(ValueError, match="unknown adapter name"):
+        lorakit.delete_adapter(model, "two")
+
+
+@pytest.mark.parametrize("combination", ["linear", "cat", "svd"])
+def test_add_weighted_adapter_matches_peft(tiny_gpt2, tmp_path, combination):
+    base = copy.deepcopy(tiny_gpt2)
+    model = two_adapters(tiny_gpt2, targets2=("c_attn", "c_fc"))
+    theirs = to_peft(base, model, ["one", "two"], tmp_path)
+    lorakit.add_weighted_adapter(model, ["one", "two"], [0.7, -0.4], "mix", combination)
+    theirs.add_weighted_adapter(["one", "two"], [0.7, -0.4], "mix", combination_type=combination)
+    lorakit.set_adapter(model, "mix")
+    theirs.set_adapter("mix")
+    torch.testing.assert_close(logits(model), logits(theirs), rtol=1e-4, atol=1e-4)
+    if combination == "cat":  # 'cat' is the exact weighted sum of the updates
+        wrapper = model.transformer.h[0].attn.c_attn
+        expected = 0.7 * wrapper.lora_matrix("one") - 0.4 * wrapper.lora_matrix("two")
+        torch.testing.assert_close(wrapper.lora_matrix("mix"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_add_weighted_adapter_bad_input(tiny_gpt2):
+    model = two_adapters(tiny_gpt2)  # "two" adapts c_attn only
+    with pytest.raises(ValueError, match=r"modules differ: \['transformer.h.0.mlp.c_fc'"):
+        lorakit.add_weighted_adapter(model, ["one", "two"], [1.0, 1.0], "mix", "linear")
+    with pytest.raises(ValueError, match="got 1 weights for 2 adapters"):
+        lorakit.add_weighted_adapter(model, ["one", "two"], [1.0], "mix", "cat")
+    with pytest.raises(ValueError, match=r"unknown adapter name\(s\) \['three'\]"):
+        lorakit.add_weighted_adapter(model, ["one", "three"], [1.0, 1.0], "mix", "cat")
+    assert lorakit.adapt.adapter_names(model) == ["one", "two"]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+def test_dora_matches_peft_and_trains(fixture, request, tmp_path):
+    base = request.getfixturevalue(fixture)
+    targets = ["c_attn", "c_proj"] if fixture == "tiny_gpt2" else ["q_proj", "v_proj", "down_proj"]
+    model = lorakit.inject(copy.deepcopy(base), lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                                                   use_dora=True))
+    torch.testing.assert_close(logits(model), logits(base), rtol=1e-4, atol=1e-4)  # starts as the base
+    randomize_lora(model)
+    with torch.no_grad():
+        for _, m in lorakit.adapt.lora_modules(model):
+            m.lora_magnitude_vector["default"].mul_(1.1)
+    lorakit.save_adapter(model, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
+    torch.testing.assert_close(logits(model), logits(theirs), rtol=1e-4, atol=1e-4)
+    back = lorakit.load_adapter(copy.deepcopy(base), tmp_path)
+    torch.testing.assert_close(logits(back), logits(theirs), rtol=1e-4, atol=1e-4)
+    # merging folds the DoRA rescaling into the weight
+    lorakit.merge(model)
+    torch.testing.assert_close(logits(model), logits(theirs), rtol=1e-4, atol=1e-4)
+    lorakit.unmerge(model)
+    model.train()
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    magnitude = next(m for _, m in lorakit.adapt.lora_modules(model)).lora_magnitude_vector["default"]
+    assert magnitude.grad is not None and magnitude.grad.abs().sum() > 0
+
+
+def test_dora_row_norm_equals_dense_norm():
+    from torch import nn
+
+    wrapper = LoraLinear(nn.Linear(40, 24))
+    wrapper.add_adapter("d", 4, 8, 0.0, use_dora=True)
+    nn.init.normal_(wrapper.lora_B["d"])
+    dense = torch.linalg.norm(wrapper.base_layer.weight + wrapper.lora_matrix("d"), dim=1)
+    torch.testing.assert_close(wrapper.dora_row_norm("d"), dense, rtol=1e-5, atol=1e-5)
+
+
+def test_rslora_scaling_matches_peft(tiny_llama, tmp_path):
+    base = copy.deepcopy(tiny_llama)
+    cfg = lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_rslora=True)
+    model = lorakit.inject(tiny_llama, cfg)
+    assert model.model.layers[0].self_attn.q_proj.scaling["default"] == 8 / 2
+    randomize_lora(model)
+    lorakit.save_adapter(model, tmp_path)
+    torch.testing.assert_close(logits(peft.PeftModel.from_pretrained(base, str(tmp_path)).eval()), logits(model))
+
+
+def test_gaussian_init_matches_peft_statistics(tiny_llama):
+    cfg = lorakit.LoraConfig(r=8, target_modules=["gate_proj"], init_lora_weights="gaussian")
+    gate = lorakit.inject(tiny_llama, cfg).model.layers[0].mlp.gate_proj
+    assert abs(gate.lora_A["default"].std().item() - 1 / 8) < 0.02
+    assert torch.count_nonzero(gate.lora_B["default"]) == 0
+
+
+def test_pissa_init_keeps_outputs_and_converts_back_to_plain_lora(tiny_llama, tmp_path):
+    base = copy.deepcopy(tiny_llama)
+    reference = logits(base)
+    cfg = lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="pissa")
+    model = lorakit.inject(tiny_llama, cfg)
+    wrapper = model.model.layers[0].self_attn.q_proj
+    assert not torch.equal(wrapper.base_layer.weight, base.model.layers[0].self_attn.q_proj.weight)  # residual
+    torch.testing.assert_close(logits(model), reference, rtol=1e-4, atol=1e-4)  # W_res + s B A == W
+    # top singular direction lives in the adapter
+    w = base.model.layers[0].self_attn.q_proj.weight
+    top = torch.linalg.svdvals(w)[:4]
+    torch.testing.assert_close(torch.linalg.svdvals(wrapper.lora_matrix("default"))[:4], top, rtol=1e-4, atol=1e-4)
+    # "train", then share as a plain LoRA that applies to the ORIGINAL base
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    trained = logits(model)
+    lorakit.save_adapter(model, tmp_path, pissa_to_lora=True)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
+    torch.testing.assert_close(logits(theirs), trained, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits(lorakit.load_adapter(copy.deepcopy(base), tmp_path)), trained,
+                               rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- mixed-adapter batches
+def test_mixed_batch_equals_per_row_runs_with_base_rows_and_different_ranks(tiny_gpt2):
+    model = two_adapters(tiny_gpt2, r2=2, targets2=("c_attn", "c_proj"))
+    rows = ["one", "__base__", "two"]
+    with lorakit.adapter_batch(model, rows):
+        mixed = logits(model)
+    for i, name in enumerate(rows):
+        if name == "__base__":
+            with lorakit.disable_adapters(model):
+                expected = logits(model, IDS[i:i + 1])
+        else:
+            lorakit.set_adapter(model, name)
+            expected = logits(model, IDS[i:i + 1])
+        torch.testing.assert_close(mixed[i:i + 1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_batch_matches_peft_and_uses_no_python_loop_over_adapters(tiny_gpt2, tmp_path):
+    base = copy.deepcopy(tiny_gpt2)
+    model = two_adapters(tiny_gpt2)
+    theirs = to_peft(base, model, ["one", "two"], tmp_path)
+    rows = ["two", "one", "__base__"]
+    with lorakit.adapter_batch(model, rows):
+        c_attn = model.transformer.h[0].attn.c_attn
+        index, a_stack, b_stack = c_attn.row_plan
+        assert a_stack.shape == (3, 32, 4) and b_stack.shape == (3, 4, 96) and index.tolist() == [0, 1, 2]
+        ours = logits(model)
+    with torch.no_grad():
+        expected = theirs(input_ids=IDS, adapter_names=rows).logits
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert c_attn.row_plan is None
+
+
+def test_mixed_batch_works_with_generate_and_beams(tiny_gpt2):
+    model = two_adapters(tiny_gpt2)
+    prompt = IDS[:2, :3]
+    with lorakit.adapter_batch(model, ["one", "two"]):
+        both = model.generate(prompt, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)
+    for i, name in enumerate(["one", "two"]):
+        lorakit.set_adapter(model, name)
+        alone = model.generate(prompt[i:i + 1], max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)
+        assert torch.equal(both[i:i + 1], alone)
+
+
+def test_mixed_batch_bad_input(tiny_gpt2):
+    model = two_adapters(tiny_gpt2)
+    with pytest.raises(ValueError, match=r"unknown adapter name\(s\) \['nope'\]"):
+        with lorakit.adapter_batch(model, ["one", "nope"]):
+            pass
+    model.train()
+    with pytest.raises(ValueError, match="for inference"):
+        with lorakit.adapter_batch(model, ["one"]):
+            pass
+    model.eval()
+    with pytest.raises(ValueError, match="2 row names but the batch has 3 rows"):
+        with lorakit.adapter_batch(model, ["one", "two"]):
+            logits(model)
+
+
+# ----------------------------------------------------------------------------- hot-swap
+def test_hotswap_replaces_weights_in_place(tiny_gpt2, tmp_path):
+    other = lorakit.inject(copy.deepcopy(tiny_gpt2), lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"]))
+    model = lorakit.inject(tiny_gpt2, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"]))
+    randomize_lora(other, seed=5)
+    lorakit.save_adapter(other, tmp_path / "other")
+    param = model.transformer.h[0].attn.c_attn.lora_A["default"]
+    lorakit.hotswap_adapter(model, tmp_path / "other")
+    assert model.transformer.h[0].attn.c_attn.lora_A["default"] is param  # same object, new values
+    torch.testing.assert_close(logits(model), logits(other))
+
+
+def test_hotswap_with_other_rank_is_refused_and_changes_nothing(tiny_gpt2, tmp_path):
+    other = lorakit.inject(copy.deepcopy(tiny_gpt2), lorakit.LoraConfig(r=2, target_modules=["c_attn"]))
+    model = lorakit.inject(tiny_gpt2, lorakit.LoraConfig(r=4, target_modules=["c_attn"]))
+    randomize_lora(model)
+    lorakit.save_adapter(other, tmp_path)
+    before = logits(model)
+    with pytest.raises(ValueError, match="same rank"):
+        lorakit.hotswap_adapter(model, tmp_path)
+    torch.testing.assert_close(logits(model), before)
