@@ -741,7 +741,7 @@ class RunLogger:
             return
         if resume_step > 0 and self.path.exists():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and _line_step(line) <= resume_step]
+                    if line.strip() and _keep_on_resume(line, resume_step)]
             ckpt.atomic_write(self.path, "".join(line + "\n" for line in kept))
         self.fh = open(self.path, "a", encoding="utf-8")
         if lcfg.tensorboard:
@@ -774,11 +774,13 @@ class RunLogger:
             self.tb = None
 
 
-def _line_step(line: str) -> int:
+def _keep_on_resume(line: str, step: int) -> bool:
+    """Keep what was logged up to the checkpoint, minus the final report of an earlier finished run."""
     try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError, TypeError):
-        return 1 << 62  # a torn last line: drop it
+        row = json.loads(line)
+        return int(row["step"]) < step or (int(row["step"]) == step and row.get("split") != "dev_averaged")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False  # a torn last line
 
 
 def _json_safe(obj: Any) -> Any:
