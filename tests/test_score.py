@@ -71,24 +71,6 @@ def test_e2e_cli_reproduces_official_scorer_and_reports_empty_lines(capsys, tmp_
     assert result["n_instances"] == 50 and result["n_empty_predictions"] == 5
 
 
-def test_webnlg_cli_with_multi_reference_text(capsys, tmp_path):
-    refs = tmp_path / "refs.txt"
-    # two instances; blank lines separate the groups (a double blank line is one separator)
-    refs.write_text("Alan Bean was born in Wheeler, Texas.\nAlan Bean's birthplace is Wheeler, Texas.\n\n\n"
-                    "Bangalore is the home of the Acharya Institute.\n", encoding="utf-8")
-    preds = tmp_path / "preds.txt"
-    preds.write_text("Alan Bean was born in Wheeler, Texas.\nBangalore is the home of the Acharya Institute.\n",
-                     encoding="utf-8")
-    out_json = tmp_path / "s.json"
-    rc, out, err = score(capsys, "webnlg", "-r", str(refs), "-p", str(preds), "--json", str(out_json))
-    assert rc == 0, err
-    result = json.loads(out_json.read_text())
-    assert set(result) == {"BLEU", "METEOR", "TER", "n_instances", "n_empty_predictions"}
-    assert result["BLEU"] == pytest.approx(100.0) and result["TER"] == pytest.approx(0.0)
-    assert 0.9 < result["METEOR"] <= 1.0 and result["n_instances"] == 2
-    assert "empty predictions: 0" in out
-
-
 # --- NLG bad input -----------------------------------------------------------------------------------
 
 
@@ -299,12 +281,30 @@ def test_multi_reference_text_reader_and_bleu_by_hand(tmp_path):
     from lorakit.score import _load_nlg
 
     refs = tmp_path / "refs.txt"
-    refs.write_text("the cat sat on a mat\nthere is a cat on the mat\n\na dog barked\n", encoding="utf-8")
+    # a double blank line is one separator
+    refs.write_text("the cat sat on a mat\nthere is a cat on the mat\n\n\na dog barked\n", encoding="utf-8")
     preds = tmp_path / "preds.txt"
     preds.write_text("the cat sat on the mat\r\n\n", encoding="utf-8")
-    hyps, groups, unit = _load_nlg("e2e", refs, preds)
+    hyps, groups, unit = _load_nlg("webnlg", refs, preds)
     assert hyps == ["the cat sat on the mat", ""] and unit == "line"
     assert groups == [["the cat sat on a mat", "there is a cat on the mat"], ["a dog barked"]]
     # clipped precisions 5/6, 5/5, 3/4, 1/3; closest reference lengths 6 + 3 against 6 hypothesis words
     expected = (5 / 6 * 5 / 5 * 3 / 4 * 1 / 3) ** 0.25 * math.exp(1 - 9 / 6)
     assert mteval_bleu_nist(hyps, groups)["BLEU"] == pytest.approx(expected)
+
+
+def test_csv_predictions_are_matched_to_references_by_mr(capsys, tmp_path):
+    from lorakit.score import _load_nlg
+
+    refs = tmp_path / "refs.csv"
+    refs.write_text("mr,ref\nm1,A one.\nm2,B two.\nm1,A uno.\n", encoding="utf-8")
+    preds = tmp_path / "out.tsv"
+    preds.write_text("MR\toutput\nm2\tB 2.\nm1\tA 1.\n", encoding="utf-8")
+    hyps, groups, unit = _load_nlg("e2e", refs, preds)
+    assert hyps == ["B 2.", "A 1."] and groups == [["B two."], ["A one.", "A uno."]] and unit == "instance"
+    preds.write_text("MR\toutput\nm2\tB 2.\nm3\tC 3.\n", encoding="utf-8")
+    rc, _, err = score(capsys, "e2e", "-r", str(refs), "-p", str(preds))
+    assert rc == 2 and "row 3 has an MR that the references file" in err and "'m3'" in err
+    preds.write_text("MR\toutput\nm2\tB 2.\n", encoding="utf-8")
+    rc, _, err = score(capsys, "e2e", "-r", str(refs), "-p", str(preds))
+    assert rc == 2 and "has 1 predictions" in err and "has 2 instances (distinct MRs)" in err

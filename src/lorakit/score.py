@@ -143,8 +143,8 @@ def _header_key(name: str) -> str:
 
 def _read_two_column_table(
     path: Path, role: str, value_headers: set[str], value_name: str, task: str
-) -> tuple[list[str], list[str]]:
-    """(sources, values) from a CSV/TSV with an MR column and a text column.
+) -> tuple[list[str], list[str], int]:
+    """(sources, values, number of the first data row) from a CSV/TSV with an MR column and a text column.
 
     A header row naming both columns (e.g. ``mr,ref``) may put them anywhere; without a header the file
     must have exactly two columns, source first. The delimiter is a tab if the first line has one, else
@@ -186,7 +186,7 @@ def _read_two_column_table(
         values.append(row[val_col].strip())
     if not values:
         raise ScoreInputError(f"the {role} file {path} has a header but no rows")
-    return sources, values
+    return sources, values, first_row
 
 
 def _read_multi_reference_text(path: Path) -> list[list[str]]:
@@ -211,11 +211,13 @@ def _load_nlg(task: str, ref_path: Path, pred_path: Path) -> tuple[list[str], li
     """(hypotheses, reference groups, unit of the prediction numbering)."""
     ref_sources: list[str] | None = None
     if _is_table(ref_path):
-        sources, refs = _read_two_column_table(ref_path, "references", _REFERENCE_HEADERS, "reference", task)
-        for number, (src, ref) in enumerate(zip(sources, refs, strict=True), start=1):
+        sources, refs, first = _read_two_column_table(
+            ref_path, "references", _REFERENCE_HEADERS, "reference", task
+        )
+        for number, (src, ref) in enumerate(zip(sources, refs, strict=True), start=first):
             if not ref:
                 raise ScoreInputError(
-                    f"references file {ref_path}: data row {number} (MR {src!r}) has an empty reference"
+                    f"references file {ref_path}: row {number} (MR {src!r}) has an empty reference"
                 )
         from lorakit.train.metrics.nlg import group_references
 
@@ -224,10 +226,12 @@ def _load_nlg(task: str, ref_path: Path, pred_path: Path) -> tuple[list[str], li
         groups = _read_multi_reference_text(ref_path)
 
     if _is_table(pred_path):
-        pred_sources, hyps = _read_two_column_table(pred_path, "predictions", _OUTPUT_HEADERS, "output", task)
+        pred_sources, hyps, first = _read_two_column_table(
+            pred_path, "predictions", _OUTPUT_HEADERS, "output", task
+        )
         if ref_sources is not None:
-            groups = _align_by_source(pred_sources, ref_sources, groups, pred_path, ref_path)
-        unit = "row"
+            groups = _align_by_source(pred_sources, ref_sources, groups, pred_path, ref_path, first)
+        unit = "instance"
     else:
         hyps = _lines(_read_text(pred_path, "predictions"))
         unit = "line"
@@ -251,11 +255,16 @@ def _strip_trailing_empty(lines: list[str]) -> list[str]:
 
 
 def _align_by_source(
-    pred_sources: list[str], ref_sources: list[str], groups: list[list[str]], pred_path: Path, ref_path: Path
+    pred_sources: list[str],
+    ref_sources: list[str],
+    groups: list[list[str]],
+    pred_path: Path,
+    ref_path: Path,
+    first_row: int,
 ) -> list[list[str]]:
     by_source = dict(zip(ref_sources, groups, strict=True))
     seen: set[str] = set()
-    for number, src in enumerate(pred_sources, start=1):
+    for number, src in enumerate(pred_sources, start=first_row):
         if src not in by_source:
             raise ScoreInputError(
                 f"predictions file {pred_path}: row {number} has an MR that the references "
