@@ -221,7 +221,8 @@ def load_model_state(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     try:
-        return st_load(file.read_bytes())
+        tensors = st_load(file.read_bytes())
+        return {k: tensors[k] for k in sorted(tensors)}  # a fixed order: FSDP loads key by key, collectively
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot read model tensors from {file}: {err}") from err
 

@@ -148,7 +148,8 @@ def load_full_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Copy full tensors (a subset of the model's) into a plain, DDP or FSDP model."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    set_model_state_dict(model, state, options=_options(strict=False))
+    ordered = {k: state[k] for k in sorted(state)}  # every process must visit the keys in the same order
+    set_model_state_dict(model, ordered, options=_options(strict=False))
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

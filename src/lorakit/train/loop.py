@@ -242,8 +242,10 @@ def train(
             "wall_time_s": time.time() - t_start, "train_time_s": train_time,
             "world_size": dinfo.world_size, "device": device.type, "versions": _versions(),
         }
+        sharded = dinfo.enabled and cfg.training.strategy == "fsdp"
+        export_state = D.full_state(model, set(trainable)) if sharded else None  # collective under FSDP
         if dinfo.is_main:
-            _export_adapter(model, cfg, workdir, say)
+            _export_adapter(model, cfg, workdir, task.num_labels, export_state)
             ckpt.atomic_write(workdir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
             if cfg.logging.plots:
                 plot_curves(workdir / "metrics.jsonl", workdir / "plots", say)
@@ -715,14 +717,23 @@ def _dir_file_size(path: Path, name: str) -> int:
     return (path / name).stat().st_size
 
 
-def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, say: Callable[[str], None]) -> None:
-    """Save the (averaged) LoRA adapter in PEFT's layout under ``workdir/adapter``."""
+def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, num_labels: int,
+                    full: dict[str, Tensor] | None) -> None:
+    """Save the (averaged) LoRA adapter in PEFT's layout under ``workdir/adapter``.
+
+    ``full``: the gathered trainable tensors when the model is FSDP-sharded; they are loaded into a
+    plain copy of the model first (rank 0 only).
+    """
     if cfg.method.name != "lora":
         return
-    try:
-        from lorakit import save_adapter
-    except ImportError:
-        return
+    from lorakit import save_adapter
+
+    if full is not None:
+        _seed_everything(cfg.training.seed, False)
+        plain = build_model(cfg.model, num_labels)
+        apply_method(plain, cfg)
+        plain.load_state_dict(full, strict=False)
+        model = plain
     save_adapter(D.unwrap(model), workdir / "adapter")
 
 
