@@ -318,6 +318,19 @@ def resolve_model_path(name: str) -> str:
 
 def _from_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
     """Load from a folder, else from the Hugging Face cache, else (when online) from the Hub."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # no load reports (e.g. the unused pooler) or progress bars
+    hf_logging.disable_progress_bar()
+    try:
+        return _from_pretrained_loud(loader, name, what, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def _from_pretrained_loud(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
     path = resolve_model_path(name)
     if Path(path).is_dir():
         try:
