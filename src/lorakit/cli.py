@@ -21,6 +21,7 @@ def register(name: str, module: str, help_text: str) -> None:
 # register("NAME", "lorakit.MODULE", "one-line help")
 register("convert", "lorakit.convert", "turn a loralib / LoRA-paper checkpoint into a PEFT adapter directory")
 register("score", "lorakit.score", "score any system's outputs with the official NLG/NLU metrics")
+register("train", "lorakit.train.commands", "run a fine-tuning experiment from a JSON config (= python main.py)")
 
 
 def _usage() -> str:
