@@ -210,6 +210,12 @@ def test_unreachable_model_name_says_how_to_pass_a_folder(tmp_path, kit, monkeyp
     msg = str(info.value)
     assert "no-such-org/no-such-model-xyz" in msg and "model.name_or_path=/path/to/model" in msg
     assert not (tmp_path / "run").exists()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    from lorakit.train import loop
+
+    monkeypatch.setattr(loop, "_hub_reachable", lambda timeout=3.0: False)  # no minute of Hub retries
+    with pytest.raises(ModelLoadError, match="no network connection to the Hub"):
+        kit.run(validate(raw), tmp_path / "run")
     raw["model"] = {"name_or_path": str(tmp_path / "missing-folder")}
     with pytest.raises(ModelLoadError, match="model folder not found"):
         kit.run(validate(raw), tmp_path / "run")
@@ -237,6 +243,14 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, kit
     assert not (workdir / "results.json").exists()
     saved = kit.tensors(workdir)
     assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_unknown_evaluation_metric_fails_before_the_workdir_is_touched(tmp_path, kit):
+    from lorakit.train.loop import TrainingError
+
+    with pytest.raises(TrainingError, match=r"evaluation.metric 'f1' is not reported .* \['acc'\]"):
+        kit.run(kit.tiny_config(evaluation={"metric": "f1"}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_commands_exit_codes_and_nothing_written_on_bad_data(tmp_path, kit, capsys):

