@@ -107,3 +107,18 @@ def test_config_error_exits_2_and_writes_nothing(tmp_path, kit, capsys):
 def test_resolved_config_round_trips_through_json(kit):
     cfg = kit.tiny_config()
     assert validate(json.loads(json.dumps(cfg))) == cfg
+
+
+def test_docs_reference_lists_every_config_key():
+    from lorakit.train.config import SCHEMA
+
+    def keys(schema, prefix=""):
+        for k, f in schema.items():
+            if f.kind == "section":
+                yield from keys(f.schema, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    text = (REPO / "docs" / "experiments.md").read_text()
+    missing = [k for k in keys(SCHEMA) if f"`{k}`" not in text]
+    assert not missing, f"docs/experiments.md lacks {missing}; regenerate its reference table"
