@@ -179,3 +179,23 @@ def test_sigkill_then_resume_gives_the_same_parameters(tmp_path, kit):
     a, b = kit.tensors(tmp_path / "straight"), kit.tensors(workdir)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_full_disk_during_training_stops_and_the_rerun_resumes(tmp_path, kit, monkeypatch):
+    real = ckpt._write_file
+    def fills_up(path, data):
+        if "step-0000008" in str(path):  # the first checkpoint fits, the second does not
+            real(path, data[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "_write_file", fills_up)
+    cfg = kit.tiny_config(training={"max_steps": 8, "checkpoint_every": 4})
+    with pytest.raises(ckpt.CheckpointError, match="step-0000004 is intact"):
+        kit.run(cfg, tmp_path / "run")
+    monkeypatch.setattr(ckpt, "_write_file", real)
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")] == [4]
+    results = kit.run(cfg, tmp_path / "run")  # disk freed: the same command resumes at step 4
+    assert results["steps"] == 8
+    straight = kit.run(cfg, tmp_path / "straight")
+    assert results["final"] == straight["final"]
