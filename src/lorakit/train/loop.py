@@ -159,40 +159,25 @@ def train(
         window = {"loss": 0.0, "n": 0, "tokens": 0.0, "t": time.time()}
         last_saved = state.step if start_from is not None else None
         epoch_cache: dict[int, list[int]] = {}
+        accum = cfg.training.grad_accumulation
         while state.step < total_steps and not state.stopped_early:
             step = state.step
-            indices = _batch_indices(step, len(train_set), cfg.training.batch_size, cfg.training.seed, epoch_cache)
+            indices = _batch_indices(step, len(train_set), cfg.training.batch_size, cfg.training.seed,
+                                     epoch_cache)
             length = _random_length(cfg, step)
-            per_rank = micro * cfg.training.grad_accumulation
-            mine = indices[dinfo.rank * per_rank:(dinfo.rank + 1) * per_rank]
-            loss_sum, tokens = 0.0, 0.0
-            for k in range(cfg.training.grad_accumulation):
-                batch = task.collate([train_set[i] for i in mine[k * micro:(k + 1) * micro]], max_length=length)
-                batch = {name: t.to(device) for name, t in batch.items()}
-                sync = k == cfg.training.grad_accumulation - 1
-                with _no_sync(model, sync), _autocast(device, amp_dtype):
-                    loss = task.loss(model, batch)
-                scaler.scale(loss / cfg.training.grad_accumulation).backward()
-                loss_sum += float(loss.detach())
-                tokens += float(batch["attention_mask"].sum())
-            loss_sum, tokens = D.all_reduce_sum([loss_sum, tokens], dinfo)
-            step_loss = loss_sum / (cfg.training.grad_accumulation * dinfo.world_size)
+            mine = indices[dinfo.rank * micro * accum:(dinfo.rank + 1) * micro * accum]  # this process's part
+            step_loss, tokens = _forward_backward(model, task, [train_set[i] for i in mine], micro, length,
+                                                  scaler, amp_dtype, dinfo)
             if not math.isfinite(step_loss):
                 log.close()
                 last = ckpt.latest_checkpoint(workdir / "checkpoints")
                 raise NonFiniteLossError(
-                    f"the loss is {step_loss} at step {step + 1} (lr {scheduler.get_last_lr()[0]:.3g}); training "
-                    f"stopped before the update. Last good checkpoint: {last.path if last else 'none'}. "
-                    "Lower optimizer.lr, set training.max_grad_norm, or use training.precision=fp32, then "
+                    f"the loss is {step_loss} at step {step + 1} (lr {scheduler.get_last_lr()[0]:.3g}); "
+                    f"training stopped before the update. Last good checkpoint: {last.path if last else 'none'}"
+                    ". Lower optimizer.lr, set training.max_grad_norm, or use training.precision=fp32, then "
                     "rerun with --resume."
                 )
-            scaler.unscale_(optimizer)
-            if cfg.training.max_grad_norm is not None:
-                _clip(model, cfg.training.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            _update(model, optimizer, scheduler, scaler, cfg.training.max_grad_norm)
             state.step = step + 1
 
             window["loss"] += step_loss
@@ -573,10 +558,39 @@ def _no_sync(model: nn.Module, sync: bool):
     return nullcontext()
 
 
-def _clip(model: nn.Module, max_norm: float) -> None:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if params:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
+def _forward_backward(model: nn.Module, task, items: list[dict], micro: int, length: int | None,
+                      scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
+                      dinfo: D.DistInfo) -> tuple[float, float]:
+    """Accumulate the gradients of this process's part of one global batch, ``micro`` items at a time.
+
+    Returns the mean loss over all processes and the number of real (non-pad) tokens they processed.
+    """
+    accum = max(1, len(items) // micro)
+    loss_sum, tokens = 0.0, 0.0
+    for k in range(accum):
+        batch = task.collate(items[k * micro:(k + 1) * micro], max_length=length)
+        batch = {name: t.to(dinfo.device) for name, t in batch.items()}
+        with _no_sync(model, sync=k == accum - 1), _autocast(dinfo.device, amp_dtype):
+            loss = task.loss(model, batch)
+        scaler.scale(loss / accum).backward()
+        loss_sum += float(loss.detach())
+        tokens += float(batch["attention_mask"].sum())
+    loss_sum, tokens = D.all_reduce_sum([loss_sum, tokens], dinfo)
+    return loss_sum / (accum * dinfo.world_size), tokens
+
+
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+            max_grad_norm: float | None) -> None:
+    """Clip (after unscaling fp16 gradients), step the optimizer and the schedule, clear the gradients."""
+    scaler.unscale_(optimizer)
+    if max_grad_norm is not None:
+        params = [p for p in model.parameters() if p.grad is not None]
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
