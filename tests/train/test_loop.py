@@ -318,3 +318,12 @@ def test_glue_pair_and_regression_tasks_train(tmp_path, glue_data, kit, name):
                           evaluation={"every": 2, "average_last": 1})
     results = kit.run(cfg, tmp_path / name)
     assert results["task"] == name and set(results["final"]) >= {GLUE_EXPECTED[name][1]}
+
+
+def test_quickstart_data_is_balanced_and_disjoint(kit):
+    task = get_task("quickstart")
+    train, dev = task.load("train", kit.QUICKSTART_DATA), task.load("dev", kit.QUICKSTART_DATA)
+    assert len(train) == 400 and len(dev) == 120
+    assert sorted({e.label for e in train}) == [0, 1, 2, 3]
+    assert all(sum(e.label == c for e in dev) == 30 for c in range(4))
+    assert not {e.text_a for e in train} & {e.text_a for e in dev}
