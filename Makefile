@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/layers_demo.py
+	$(PY) main.py --config configs/quickstart.json --data data/quickstart --workdir runs/quickstart --force
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -p no:cacheprovider tests
