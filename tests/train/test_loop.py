@@ -327,3 +327,19 @@ def test_quickstart_data_is_balanced_and_disjoint(kit):
     assert sorted({e.label for e in train}) == [0, 1, 2, 3]
     assert all(sum(e.label == c for e in dev) == 30 for c in range(4))
     assert not {e.text_a for e in train} & {e.text_a for e in dev}
+
+
+def test_label_smoothing_reaches_the_loss():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return logits
+
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3),
+             "token_type_ids": torch.zeros(1, 3, dtype=torch.long), "labels": torch.tensor([0])}
+    plain, smooth = get_task("quickstart"), get_task("quickstart", label_smoothing=0.2)
+    assert plain.loss(Fixed(), batch) == pytest.approx(torch.nn.functional.cross_entropy(logits, batch["labels"]))
+    assert smooth.loss(Fixed(), batch) == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, batch["labels"], label_smoothing=0.2))
+    assert smooth.loss(Fixed(), batch) > plain.loss(Fixed(), batch)
