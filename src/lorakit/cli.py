@@ -1,7 +1,8 @@
 """The ``lorakit`` command: ``lorakit SUBCOMMAND ...``.
 
-Each subcommand lives in its own module as ``main(argv: list[str]) -> int`` and is imported only
-when used, so ``lorakit score`` does not pay for the training stack and vice versa.
+Each subcommand is a function ``f(argv: list[str]) -> int``, named as ``"module"`` (its ``main``) or
+``"module:function"``, and imported only when used, so ``lorakit score`` does not pay for the
+training stack and vice versa.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def register(name: str, module: str, help_text: str) -> None:
 register("convert", "lorakit.convert", "turn a loralib / LoRA-paper checkpoint into a PEFT adapter directory")
 register("score", "lorakit.score", "score any system's outputs with the official NLG/NLU metrics")
 register("train", "lorakit.train.commands", "run a fine-tuning experiment from a JSON config (= python main.py)")
+register("eval", "lorakit.train.commands:eval_main", "evaluate a run's checkpoint or the average of its last K")
+register("inspect", "lorakit.train.commands:inspect_main", "parameters, ranks and adapter size, without training")
 
 
 def _usage() -> str:
@@ -41,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"lorakit: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    command = getattr(importlib.import_module(module_name), function or "main")
+    return int(command(rest) or 0)
 
 
 if __name__ == "__main__":
