@@ -142,6 +142,14 @@ class LoRALayer(MergeableWeight):
         return self
 
 
+def _add_lora_parameters(layer: LoRALayer, frozen: Tensor, a_shape: tuple, b_shape: tuple) -> None:
+    """Create zero ``lora_A``/``lora_B`` of the given shapes, set the scaling and freeze ``frozen``."""
+    layer.lora_A = nn.Parameter(frozen.new_zeros(a_shape))
+    layer.lora_B = nn.Parameter(frozen.new_zeros(b_shape))
+    layer.scaling = layer.lora_alpha / layer.r
+    frozen.requires_grad = False
+
+
 def _transpose_if(flag: bool, w: Tensor) -> Tensor:
     return w.transpose(0, 1) if flag else w
 
@@ -169,10 +177,7 @@ class Linear(LoRALayer, nn.Linear):
         LoRALayer.__init__(self, r, lora_alpha, lora_dropout, merge_weights)
         self.fan_in_fan_out = fan_in_fan_out
         if r > 0:
-            self.lora_A = nn.Parameter(self.weight.new_zeros((r, in_features)))
-            self.lora_B = nn.Parameter(self.weight.new_zeros((out_features, r)))
-            self.scaling = self.lora_alpha / self.r
-            self.weight.requires_grad = False
+            _add_lora_parameters(self, self.weight, (r, in_features), (out_features, r))
         self.reset_parameters()
         if fan_in_fan_out:
             self.weight.data = self.weight.data.transpose(0, 1)
@@ -236,11 +241,8 @@ class MergedLinear(Linear):
         self.fan_in_fan_out = fan_in_fan_out
         n_enabled = sum(enable_lora)
         if r > 0 and n_enabled > 0:
-            self.lora_A = nn.Parameter(self.weight.new_zeros((r * n_enabled, in_features)))
             out_per_slice = out_features // len(enable_lora)
-            self.lora_B = nn.Parameter(self.weight.new_zeros((out_per_slice * n_enabled, r)))
-            self.scaling = self.lora_alpha / self.r
-            self.weight.requires_grad = False
+            _add_lora_parameters(self, self.weight, (r * n_enabled, in_features), (out_per_slice * n_enabled, r))
             row_mask = torch.zeros(len(enable_lora), out_features // len(enable_lora), dtype=torch.bool)
             row_mask[torch.tensor(enable_lora)] = True
             self.register_buffer("lora_ind", row_mask.view(-1), persistent=False)
@@ -272,10 +274,7 @@ class Embedding(LoRALayer, nn.Embedding):
         nn.Embedding.__init__(self, num_embeddings, embedding_dim, **kwargs)
         LoRALayer.__init__(self, r, lora_alpha, 0.0, merge_weights)
         if r > 0:
-            self.lora_A = nn.Parameter(self.weight.new_zeros((r, num_embeddings)))
-            self.lora_B = nn.Parameter(self.weight.new_zeros((embedding_dim, r)))
-            self.scaling = self.lora_alpha / self.r
-            self.weight.requires_grad = False
+            _add_lora_parameters(self, self.weight, (r, num_embeddings), (embedding_dim, r))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -331,12 +330,8 @@ class ConvLoRA(LoRALayer, nn.Module):
         ks = self.conv.kernel_size
         k_first, k_rest = ks[0], math.prod(ks[1:])
         if r > 0:
-            self.lora_A = nn.Parameter(self.conv.weight.new_zeros((r * k_first, in_channels * k_rest)))
-            self.lora_B = nn.Parameter(
-                self.conv.weight.new_zeros((out_channels // self.conv.groups * k_first, r * k_first))
-            )
-            self.scaling = self.lora_alpha / self.r
-            self.conv.weight.requires_grad = False
+            _add_lora_parameters(self, self.conv.weight, (r * k_first, in_channels * k_rest),
+                                 (out_channels // self.conv.groups * k_first, r * k_first))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
