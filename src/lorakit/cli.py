@@ -25,6 +25,7 @@ register("score", "lorakit.score", "score any system's outputs with the official
 register("train", "lorakit.train.commands", "run a fine-tuning experiment from a JSON config (= python main.py)")
 register("eval", "lorakit.train.commands:eval_main", "evaluate a run's checkpoint or the average of its last K")
 register("inspect", "lorakit.train.commands:inspect_main", "parameters, ranks and adapter size, without training")
+register("report", "lorakit.train.report", "method x task table (median, mean +- std over seeds) as Markdown and PNG")
 
 
 def _usage() -> str:
