@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.layers                 # the full grid (about 5 minutes on 2 CPU cores)
+    python -m bench.layers                 # the full grid (about 3 minutes on 2 idle CPU cores)
     python -m bench.layers --quick         # a smoke run with small layers (seconds; numbers meaningless)
     python -m bench.layers --update-md     # also write the results into BENCHMARKS.md
 
@@ -98,7 +98,7 @@ def build_variants(
     lora_a = torch.randn(r, d, generator=gen) / d**0.5
     lora_b = torch.randn(d, r, generator=gen) / r**0.5
 
-    def fill(layer: nn.Module, w: Tensor, b: Tensor, a: Tensor | None, bb: Tensor | None) -> None:
+    def fill(w: Tensor, b: Tensor, a: Tensor | None, bb: Tensor | None) -> None:
         with torch.no_grad():
             w.copy_(weight)
             b.copy_(bias)
@@ -107,21 +107,19 @@ def build_variants(
                 bb.copy_(lora_b)
 
     frozen = nn.Linear(d, d)
-    fill(frozen, frozen.weight, frozen.bias, None, None)
+    fill(frozen.weight, frozen.bias, None, None)
     frozen.requires_grad_(False)
 
     lk = lorakit.Linear(d, d, r=r, lora_alpha=LORA_ALPHA, lora_dropout=p)
-    fill(lk, lk.weight, lk.bias, lk.lora_A, lk.lora_B)
+    fill(lk.weight, lk.bias, lk.lora_A, lk.lora_B)
     lorakit.mark_only_lora_as_trainable(lk, bias="none")
 
     ll = loralib.Linear(d, d, r=r, lora_alpha=LORA_ALPHA, lora_dropout=p)
-    fill(ll, ll.weight, ll.bias, ll.lora_A, ll.lora_B)
+    fill(ll.weight, ll.bias, ll.lora_A, ll.lora_B)
     loralib.mark_only_lora_as_trainable(ll, bias="none")
 
     pf = _tiny_peft_linear(nn.Linear(d, d), r, p)
-    fill(
-        pf, pf.base_layer.weight, pf.base_layer.bias, pf.lora_A["default"].weight, pf.lora_B["default"].weight
-    )
+    fill(pf.base_layer.weight, pf.base_layer.bias, pf.lora_A["default"].weight, pf.lora_B["default"].weight)
 
     layers = {"frozen": frozen, "lorakit": lk, "loralib": ll, "peft": pf}
     for name, layer in layers.items():
@@ -369,7 +367,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeats",
         type=int,
         default=None,
-        help="timed rounds per configuration (default: 100 on CPU, 300 on CUDA, 5 with --quick)",
+        help="timed rounds per configuration (default: 100 on CPU, 300 on CUDA, 3 with --quick; at least 2)",
     )
     ap.add_argument(
         "--warmup", type=int, default=None, help="untimed rounds first (default: 3, 1 with --quick)"
@@ -400,7 +398,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="write the results as the 'bench.layers' section of PATH (default BENCHMARKS.md)",
     )
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.repeats is not None and args.repeats < 2:
+        ap.error(
+            f"--repeats must be at least 2 (medians and quartiles of per-round ratios), got {args.repeats}"
+        )
+    return args
 
 
 SECTION_TITLE = "bench.layers: one LoRA linear layer, forward+backward"
