@@ -122,7 +122,7 @@ SCHEMA: dict[str, Field] = {
     "task": _section(
         "what is learned",
         name=Field(
-            "str", "quickstart", choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte"),
+            "str", "quickstart", choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "squad", "squad_v2"),
             help="a task plugin from lorakit.train.tasks",
         ),
     ),
@@ -138,6 +138,10 @@ SCHEMA: dict[str, Field] = {
         max_eval_examples=Field("int", None, nullable=True, min=1),
         train_split=Field("str", "train"),
         eval_split=Field("str", "dev"),
+        doc_stride=Field("int", 128, min=0, help="squad: context tokens shared by consecutive windows"),
+        max_query_length=Field("int", 64, nullable=True, min=1,
+                               help="squad: questions are cut to this many tokens (null: never cut)"),
+        max_answer_length=Field("int", 30, min=1, help="squad: the longest predicted answer, in tokens"),
     ),
     "optimizer": _section(
         "AdamW over the trainable parameters only",

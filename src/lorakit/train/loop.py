@@ -383,10 +383,14 @@ class SequenceClassifier(nn.Module):
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> Tensor:
+                token_type_ids: Tensor | None = None, token_level: bool = False) -> Tensor:
+        """``token_level=True`` skips pooling: the head scores every token, ``(batch, seq, num_labels)``
+        (span extraction: start and end scores)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if token_level:
+            return self.classifier(self.dropout(out.last_hidden_state))  # (batch, seq, num_labels)
         if self.pooling == "pooler":
             pooled = out.pooler_output
         elif self.pooling == "cls":
@@ -609,13 +613,14 @@ def evaluate(model: nn.Module, task, dataset: list[dict], batch_size: int, dinfo
         chunk = padded[start:start + batch_size]
         batch = {k: v.to(dinfo.device) for k, v in task.collate([dataset[i] for i in chunk]).items()}
         with _autocast(dinfo.device, amp_dtype):
-            out = task.predict(model, batch).float().cpu().tolist()
+            pred = task.predict(model, batch)  # a tensor, or a list of task-defined picklable objects
+            out = pred.float().cpu().tolist() if isinstance(pred, Tensor) else list(pred)
         real = len(mine) - start
         preds += list(zip(chunk[:max(0, real)], out[:max(0, real)], strict=False))
     everything = sorted(p for part in D.all_gather_objects(preds, dinfo) for p in part)
     predictions = [p for _, p in everything]
     references = [dataset[i]["label"] for i, _ in everything]
-    if task.num_labels > 1:
+    if task.num_labels > 1 and all(isinstance(p, float) for p in predictions):
         predictions = [int(p) for p in predictions]
     model.train(was_training)
     return task.metrics(predictions, references)

@@ -25,15 +25,22 @@ from __future__ import annotations
 from typing import Any
 
 from .glue import TASK_SPECS, DataError, GlueTask
+from .squad import SQUAD_VERSIONS, SquadTask
 
-__all__ = ["DataError", "GlueTask", "TASKS", "get_task"]
+__all__ = ["DataError", "GlueTask", "SquadTask", "TASKS", "get_task"]
 
-TASKS: tuple[str, ...] = tuple(TASK_SPECS)
+TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS)
+
+_ALIASES = {"squadv2": "squad_v2", "squad2": "squad_v2", "squad_v1": "squad", "squadv1": "squad", "squad1": "squad"}
 
 
-def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> GlueTask:
-    """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``)."""
+def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
+    """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``, ``squad``,
+    ``squad_v2``)."""
     key = name.lower().replace("-", "").replace("glue/", "")
+    key = _ALIASES.get(key, key)
+    if key in SQUAD_VERSIONS:
+        return SquadTask(key, label_smoothing=label_smoothing, **options)
     if key not in TASK_SPECS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return GlueTask(TASK_SPECS[key], label_smoothing=label_smoothing, **options)
