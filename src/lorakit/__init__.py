@@ -49,6 +49,15 @@ from .io import (  # noqa: E402
     load_checkpoint,
     save_adapter,
 )
+from .methods import (  # noqa: E402
+    MethodConfig,
+    MethodError,
+    count_parameters,
+    drop_reparameterization,
+)
+from .methods import apply_method as apply_baseline  # noqa: E402
+
+__all__ += ["MethodConfig", "MethodError", "apply_baseline", "count_parameters", "drop_reparameterization"]
 
 __all__ += [
     "LoraConfig", "inject", "find_targets", "get_config", "merge", "unmerge", "merge_and_unload", "unload",

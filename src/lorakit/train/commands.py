@@ -106,6 +106,34 @@ def eval_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def latency_summary(cfg: Section, batches: tuple[int, ...] = (1, 8), seq_len: int | None = None,
+                    repeats: int = 20) -> dict[str, Any]:
+    """Forward latency (median ms, eval mode, random ids of ``data.max_length`` tokens) of the configured
+    method against the base model (the same encoder and head, nothing inserted), at each batch size."""
+    import torch
+
+    from lorakit.methods import measure_latency
+
+    from .loop import _seed_everything, apply_method, build_model
+    from .tasks import get_task
+
+    task = get_task(cfg.task.name)
+    _seed_everything(cfg.training.seed, False)
+    base = build_model(cfg.model, task.num_labels)
+    _seed_everything(cfg.training.seed, False)
+    adapted = build_model(cfg.model, task.num_labels)
+    apply_method(adapted, cfg)
+    vocab = int(getattr(base.encoder.config, "vocab_size", 1000))
+    seq = seq_len or cfg.data.max_length
+    out: dict[str, Any] = {"seq_len": seq, "threads": torch.get_num_threads(), "device": "cpu"}
+    for b in batches:
+        base_ms = measure_latency(base, b, seq, vocab, repeats)["median_ms"]
+        method_ms = measure_latency(adapted, b, seq, vocab, repeats)["median_ms"]
+        out[f"batch_{b}"] = {"base_ms": base_ms, "method_ms": method_ms,
+                             "overhead_pct": 100.0 * (method_ms / base_ms - 1.0)}
+    return out
+
+
 def inspect_summary(cfg: Section, workdir: Path | None = None) -> dict[str, Any]:
     """Parameter counts, per-module LoRA ranks and adapter size on disk, without data or training."""
     import safetensors.torch
@@ -147,6 +175,8 @@ def inspect_main(argv: list[str] | None = None) -> int:
         description="Show total/trainable parameters, per-module LoRA rank and adapter size, without training.")
     parser.add_argument("target", help="a JSON config or a run's workdir")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--latency", action="store_true",
+                        help="also time the forward pass of the method against the base model at batch 1 and 8")
     _set_arg(parser)
     args = parser.parse_args(argv)
     try:
@@ -156,6 +186,8 @@ def inspect_main(argv: list[str] | None = None) -> int:
     target = Path(args.target)
     try:
         info = inspect_summary(cfg, target if target.is_dir() else None)
+        if args.latency:
+            info["latency"] = latency_summary(cfg)
     except _known_errors() as err:
         return _error(str(err), 1)
     if args.json:
@@ -164,7 +196,15 @@ def inspect_main(argv: list[str] | None = None) -> int:
     print(f"model:      {info['model']}")
     print(f"task:       {info['task']}    method: {info['method']}")
     print(f"parameters: {info['total']:,} total, {info['trainable']:,} trainable ({info['percent']:.4f}%)")
+    print(f"            {info['trainable_excluding_head']:,} trainable excluding the head ({info['head']:,} in the "
+          f"head); {info['after_training']:,} after training (PreLayer's MLP dropped)")
     print(f"adapter:    {info['adapter_bytes']:,} bytes on disk ({info['adapter_file']})")
+    if "latency" in info:
+        lat = info["latency"]
+        for key in (k for k in lat if k.startswith("batch_")):
+            row = lat[key]
+            print(f"latency {key.replace('_', ' ')}, {lat['seq_len']} tokens: base {row['base_ms']:.2f} ms, "
+                  f"{info['method']} {row['method_ms']:.2f} ms ({row['overhead_pct']:+.1f}%)")
     if info["lora_ranks"]:
         print(f"LoRA modules ({len(info['lora_ranks'])}):")
         for name, r in info["lora_ranks"].items():

@@ -103,8 +103,12 @@ SCHEMA: dict[str, Field] = {
     ),
     "method": _section(
         "how the model is fine-tuned: 'lora' (adapters; pretrained weights frozen), 'full' (every "
-        "weight trains) or 'head_only' (only the classification head trains)",
-        name=Field("str", "lora", choices=("lora", "full", "head_only")),
+        "weight trains), 'head_only' (only the classification head trains) or one of the LoRA paper's "
+        "baselines: 'ft_top2' (last two blocks + head), 'bitfit' (biases + head), 'adapter_houlsby', "
+        "'adapter_pfeiffer', 'prefix_embed', 'prefix_layer' (see lorakit.methods; LoRA + BitFit is 'lora' "
+        "with bias 'all')",
+        name=Field("str", "lora", choices=("lora", "full", "head_only", "ft_top2", "bitfit", "adapter_houlsby",
+                                           "adapter_pfeiffer", "prefix_embed", "prefix_layer")),
         r=Field("int", 8, min=1, help="LoRA rank"),
         lora_alpha=Field("float", 16.0, min=0.0, min_exclusive=True, help="LoRA scaling is alpha / r"),
         lora_dropout=Field("float", 0.0, min=0.0, max=1.0, max_exclusive=True),
@@ -118,11 +122,21 @@ SCHEMA: dict[str, Field] = {
             "str_list", ["classifier"], help="modules trained fully and saved with the adapter",
         ),
         fan_in_fan_out=Field("bool", False),
+        adapter_size=Field("int", 64, min=1, help="adapter_houlsby/adapter_pfeiffer: the bottleneck m"),
+        prefix_length=Field("int", 10, min=0, help="prefix_embed/prefix_layer: l_p, prefix positions"),
+        infix_length=Field("int", 0, min=0, help="prefix_embed: l_i, tokens after the input's last token"),
+        prefix_hidden=Field(
+            "int", 512, nullable=True, min=1,
+            help="prefix_layer: hidden size of the reparameterisation MLP used in training and dropped "
+                 "after; null trains the prefix activations directly",
+        ),
     ),
     "task": _section(
         "what is learned",
         name=Field(
-            "str", "quickstart", choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "squad", "squad_v2"),
+            "str", "quickstart",
+            choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "squad", "squad_v2", "boolq", "cb", "copa",
+                     "superglue_rte", "wic", "wsc", "multirc", "record"),
             help="a task plugin from lorakit.train.tasks",
         ),
     ),
@@ -358,6 +372,17 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
             if not isinstance(m["architecture"].get("model_type"), str):
                 problems.append(("$.model.architecture.model_type",
                                  "required: the transformers model type, e.g. 'bert'"))
+    meth = cfg.get("method")
+    if isinstance(meth, dict) and isinstance(meth.get("name"), str):
+        name = meth["name"]
+        if name != "lora" and meth.get("bias") not in (None, "none"):
+            problems.append(("$.method.bias", f"bias {meth['bias']!r} combines BitFit with LoRA and applies to "
+                                              f"method 'lora' only, not {name!r} (biases alone: 'bitfit')"))
+        lp, li = meth.get("prefix_length"), meth.get("infix_length")
+        if name == "prefix_layer" and _is_int(lp) and lp < 1:
+            problems.append(("$.method.prefix_length", f"prefix_layer needs prefix_length >= 1, got {lp}"))
+        if name == "prefix_embed" and _is_int(lp) and _is_int(li) and lp + li < 1:
+            problems.append(("$.method.prefix_length", "prefix_embed needs prefix_length + infix_length >= 1"))
     d = cfg.get("data")
     if isinstance(d, dict) and isinstance(d.get("random_length"), list):
         lo, hi = d["random_length"]

@@ -444,6 +444,9 @@ def apply_method(model: SequenceClassifier, cfg: Section) -> None:
         for name, p in model.named_parameters():
             p.requires_grad = any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in head)
         return
+    if m.name != "lora":
+        _apply_baseline(model, cfg, tuple(head))
+        return
     from lorakit import LoraConfig, inject
 
     saved = list(dict.fromkeys(list(m.modules_to_save) + head))
@@ -457,6 +460,29 @@ def apply_method(model: SequenceClassifier, cfg: Section) -> None:
         inject(model, lcfg)
     except (ValueError, TypeError) as err:
         raise TrainingError(f"method: cannot apply LoRA to this model: {err}") from None
+
+
+def _apply_baseline(model: SequenceClassifier, cfg: Section, head: tuple[str, ...]) -> None:
+    """One of the LoRA paper's baselines (``lorakit.methods``): ft_top2, bitfit, adapters, prefixes."""
+    from lorakit.methods import MethodConfig, MethodError
+    from lorakit.methods import apply_method as apply_baseline
+
+    m = cfg.method
+    try:
+        mcfg = MethodConfig(m.name, adapter_size=m.adapter_size, prefix_length=m.prefix_length,
+                            infix_length=m.infix_length, prefix_hidden=m.prefix_hidden, head=head)
+        if m.name == "prefix_embed":
+            ecfg = model.encoder.config
+            limit = getattr(ecfg, "max_position_embeddings", None) or getattr(ecfg, "n_positions", None)
+            if limit is not None and getattr(ecfg, "model_type", "") in ("roberta", "xlm-roberta"):
+                limit -= (ecfg.pad_token_id or 0) + 1  # RoBERTa's positions start after the padding index
+            needed = m.prefix_length + m.infix_length + cfg.data.max_length
+            if limit is not None and needed > limit:
+                raise MethodError(f"prefix_embed: prefix_length + infix_length + data.max_length = {needed} "
+                                  f"exceeds the model's {limit} positions; shorten the prefix or max_length")
+        apply_baseline(model, mcfg)
+    except MethodError as err:
+        raise TrainingError(f"method: {err}") from None
 
 
 def build_optimizer(model: nn.Module, ocfg: Section) -> torch.optim.Optimizer:
@@ -495,9 +521,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, scfg: Section, total_steps
 
 
 def _parameter_counts(model: nn.Module) -> dict[str, Any]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "percent": 100.0 * trainable / max(total, 1)}
+    """total, trainable, percent; head (trainable head parameters), trainable_excluding_head (the LoRA
+    paper's count) and after_training (that, once PreLayer's reparameterisation MLP is dropped)."""
+    from lorakit.methods import count_parameters
+
+    return count_parameters(model, head=("classifier", "pooler"))
 
 
 # ======================================================================================================
@@ -773,6 +801,9 @@ def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, num_labels: i
     ``full``: the gathered trainable tensors when the model is FSDP-sharded; they are loaded into a
     plain copy of the model first (rank 0 only).
     """
+    if cfg.method.name not in ("lora", "full"):
+        _export_method(model, cfg, workdir, num_labels, full)
+        return
     if cfg.method.name != "lora":
         return
     from lorakit import save_adapter
@@ -784,6 +815,27 @@ def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, num_labels: i
         plain.load_state_dict(full, strict=False)
         model = plain
     save_adapter(D.unwrap(model), workdir / "adapter")
+
+
+def _export_method(model: nn.Module, cfg: Section, workdir: Path, num_labels: int,
+                   full: dict[str, Tensor] | None) -> None:
+    """A baseline's final trainable tensors (PreLayer's MLP folded into its prefixes) in
+    ``workdir/adapter/model.safetensors`` with ``method.json`` (the method section of the config)."""
+    from lorakit.methods import drop_reparameterization
+
+    if full is not None:
+        _seed_everything(cfg.training.seed, False)
+        plain = build_model(cfg.model, num_labels)
+        apply_method(plain, cfg)
+        plain.load_state_dict(full, strict=False)
+        model = plain
+    model = D.unwrap(model)
+    drop_reparameterization(model)
+    tensors = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    out = workdir / "adapter"
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(out / "model.safetensors", ckpt._tensor_bytes(tensors))
+    ckpt.atomic_write(out / "method.json", json.dumps(cfg.method, indent=2) + "\n")
 
 
 class RunLogger:
