@@ -26,21 +26,27 @@ from typing import Any
 
 from .glue import TASK_SPECS, DataError, GlueTask
 from .squad import SQUAD_VERSIONS, SquadTask
+from .superglue import SUPERGLUE_SPECS, SuperGlueTask
 
-__all__ = ["DataError", "GlueTask", "SquadTask", "TASKS", "get_task"]
+__all__ = ["DataError", "GlueTask", "SquadTask", "SuperGlueTask", "TASKS", "get_task"]
 
-TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS)
+TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, *SUPERGLUE_SPECS)
 
-_ALIASES = {"squadv2": "squad_v2", "squad2": "squad_v2", "squad_v1": "squad", "squadv1": "squad", "squad1": "squad"}
+_ALIASES = {"squadv2": "squad_v2", "squad2": "squad_v2", "squad_v1": "squad", "squadv1": "squad", "squad1": "squad",
+            "superglue/rte": "superglue_rte", "superglue-rte": "superglue_rte", "sg_rte": "superglue_rte"}
 
 
 def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
     """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``, ``squad``,
-    ``squad_v2``)."""
-    key = name.lower().replace("-", "").replace("glue/", "")
+    ``squad_v2``, SuperGLUE ``boolq``, ``cb``, ``copa``, ``superglue_rte``, ``wic``, ``wsc``, ``multirc``,
+    ``record``)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    key = key.replace("-", "").replace("superglue/", "").replace("glue/", "")
     key = _ALIASES.get(key, key)
     if key in SQUAD_VERSIONS:
         return SquadTask(key, label_smoothing=label_smoothing, **options)
+    if key in SUPERGLUE_SPECS:
+        return SuperGlueTask(SUPERGLUE_SPECS[key], label_smoothing=label_smoothing, **options)
     if key not in TASK_SPECS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return GlueTask(TASK_SPECS[key], label_smoothing=label_smoothing, **options)
