@@ -26,6 +26,7 @@ register("train", "lorakit.train.commands", "run a fine-tuning experiment from a
 register("eval", "lorakit.train.commands:eval_main", "evaluate a run's checkpoint or the average of its last K")
 register("inspect", "lorakit.train.commands:inspect_main", "parameters, ranks and adapter size, without training")
 register("report", "lorakit.train.report", "method x task table (median, mean +- std over seeds) as Markdown and PNG")
+register("data", "lorakit.data_prepare", "data prepare TASK --to DIR [--from PATH]: fetch a task's files, checked")
 
 
 def _usage() -> str:
