@@ -251,7 +251,8 @@ def _method_params(runs: list[RunRecord]) -> tuple[str, str, str]:
         known = sorted({v for v in values if v is not None})
         if not known:
             return "n/a"
-        return _fmt_count(known[0]) if len(known) == 1 else f"{_fmt_count(known[0])}–{_fmt_count(known[-1])}"
+        low, high = _fmt_count(known[0]), _fmt_count(known[-1])
+        return low if low == high else f"{low}–{high}"
 
     pct = sorted({round(100.0 * r.trainable_without_head / r.encoder, 3) for r in runs
                   if r.trainable_without_head is not None and r.encoder})
