@@ -367,7 +367,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeats",
         type=int,
         default=None,
-        help="timed rounds per configuration (default: 100 on CPU, 300 on CUDA, 3 with --quick; at least 2)",
+        help="timed rounds per configuration (default: 200 on CPU, 300 on CUDA, 3 with --quick; at least 2)",
     )
     ap.add_argument(
         "--warmup", type=int, default=None, help="untimed rounds first (default: 3, 1 with --quick)"
@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
             # One thread: on a busy machine, multi-threaded kernels stall on descheduled threads.
             torch.set_num_threads(1)
     else:
-        default_repeats = 300 if device.type == "cuda" else 100
+        default_repeats = 300 if device.type == "cuda" else 200
         dims, tokens = args.dims or [768, 1024], (8, 128)
         repeats, warmup = args.repeats or default_repeats, args.warmup if args.warmup is not None else 3
     configs = [Config(d, r, p) for d in dims for r in (8, 64) for p in (0.0, 0.1)]
@@ -502,8 +502,8 @@ parentheses. Without dropout the three LoRA variants are checked to agree (outpu
 LoRA gradients) before timing. PEFT's layer is the `peft.tuners.lora.Linear` produced by
 `get_peft_model` on a module holding one `nn.Linear`, called directly (no `PeftModel` wrapper).
 "noise" is the largest interquartile range / median of the four variants' times in that row: about
-1-5% on an idle machine; well above that, other processes slowed some rounds down and the row's
-times and ratios are unreliable (contention hurts the variants with more, smaller ops the most).
+5-15% on an otherwise idle 2-core machine; far above that, other processes slowed rounds down and the
+row's times and ratios are unreliable (contention hurts the variants with more, smaller ops the most).
 {quick_note}
 {main_table}
 
