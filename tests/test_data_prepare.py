@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 from lorakit import data_prepare as dp
 from lorakit.cli import main as cli_main
 
-GLUE = Path("/work/shared/data/glue")
-SQUAD = Path("/work/shared/data/squad")
+SHARED = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+GLUE = SHARED / "glue"
+SQUAD = SHARED / "squad"
 needs_data = pytest.mark.skipif(not (GLUE / "MRPC" / "msr_paraphrase_train.txt").is_file(),
                                 reason="shared GLUE data not available")
 

@@ -14,7 +14,8 @@ from torch import nn
 from lorakit.train.tasks import DataError, get_task
 from lorakit.train.tasks.squad import SpanPrediction
 
-SQUAD_DEV = Path(os.environ.get("LORAKIT_SQUAD_DATA", "/work/shared/data/squad")) / "dev-v1.1.json"
+_SHARED = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+SQUAD_DEV = Path(os.environ.get("LORAKIT_SQUAD_DATA", _SHARED / "squad")) / "dev-v1.1.json"
 WINDOW = {"max_length": 64, "doc_stride": 16, "max_query_length": 24, "max_answer_length": 30}
 
 
