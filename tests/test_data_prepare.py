@@ -15,8 +15,24 @@ from lorakit.cli import main as cli_main
 SHARED = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 GLUE = SHARED / "glue"
 SQUAD = SHARED / "squad"
-needs_data = pytest.mark.skipif(not (GLUE / "MRPC" / "msr_paraphrase_train.txt").is_file(),
-                                reason="shared GLUE data not available")
+
+
+@pytest.fixture
+def shared_glue() -> Path:
+    """The shared GLUE files; a missing folder fails the test (never skips) and says where it looked."""
+    needed = GLUE / "MRPC" / "msr_paraphrase_train.txt"
+    assert needed.is_file(), f"{needed} not found: these tests read the project's shared data; set LORAKIT_DATA"
+    return GLUE
+
+
+@pytest.fixture
+def shared_squad() -> Path:
+    needed = SQUAD / "dev-v1.1.json"
+    assert needed.is_file(), f"{needed} not found: these tests read the project's shared data; set LORAKIT_DATA"
+    return SQUAD
+
+
+needs_data = pytest.mark.usefixtures("shared_glue")
 
 
 @needs_data
@@ -60,7 +76,7 @@ def test_missing_files_name_what_the_task_expects(tmp_path):
         dp.prepare("sst2", tmp_path / "out", source=tmp_path / "empty", say=lambda _m: None)
 
 
-@pytest.mark.skipif(not (SQUAD / "dev-v1.1.json").is_file(), reason="shared SQuAD data not available")
+@pytest.mark.usefixtures("shared_squad")
 def test_squad_folder_with_dev_only(tmp_path):
     notes: list[str] = []
     out = dp.prepare("squad", tmp_path, source=SQUAD, say=notes.append)
