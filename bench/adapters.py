@@ -37,7 +37,9 @@ import argparse
 import copy
 import dataclasses
 import gc
+import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +57,7 @@ from lorakit.adapt import lora_modules
 from . import common
 
 SECTION_TITLE = "Many adapters (bench/adapters.py)"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 N_ADAPTERS = 8
 LORA_R = 8
@@ -100,38 +103,43 @@ PROFILE_NOTE = """\
 ### Where the time goes (torch.profiler, 2026-11-22)
 
 From `python -m bench.adapters --profile` on an otherwise idle machine (one call after a warm-up call, self
-CPU time; absolute times are from that single call, not the medians above).
+CPU time; absolute times are from that single call, not the medians above), and from runs of this script
+with shorter sequences: `python -m bench.adapters --seq 1 --repeats 20 --op-repeats 3 --steps 2` and the
+same with `--seq 16` (idle machine, same day).
 
 * **Mixed batch, 8 x 128.** The base forward (671 ms) is the tied LM head's `mm` (387 ms, 58 %), the 24
   `Conv1D` `addmm`s (209 ms, 31 %) and GELU / attention / layer norm (about 75 ms). LoRA's FLOPs are about 1 %
   of that. lorakit adds a gathered `bmm` (x A^T, 10.7 ms over 24 calls), a `baddbmm` (scaling B^T, added to
   the base output; 9.6 ms) and, at every `adapter_batch` entry, the row plans: for each of the 24 modules a
   zero-filled (8, in, r) and (8, r, out) stack written slot by slot (648 `copy_`, 192 `mul` for
-  scaling * B^T, 433 `t`, 48 `fill_`; 9 ms, the "enter + leave" row above). PEFT instead runs 384 small `mm`s
-  (A and B per adapter per module), 384 `index` (sub-batch gathers, 10 ms), 192 `index_put_` (4.8 ms) and 192
-  `mul`/`add_`. Both libraries thus add a fixed 35-45 ms (5-9 %) to a 660-700 ms forward, so PEFT is only
-  about 1.06-1.09x the base model and lorakit / PEFT cannot go below base / PEFT (about 0.92-0.94): the 0.90
-  target is out of reach at this shape for any implementation. Where the fixed costs dominate the picture
-  changes: with `--seq 1` / `--seq 16` (ad-hoc interleaved runs, 20 rounds) lorakit per call was 1.77x / 1.20x
-  the base model and 1.08x / 0.96x PEFT, and the same forward with `adapter_batch` held open was 1.08x / 1.08x
-  the base and **0.68x / 0.83x PEFT**: the row-plan rebuild is most of lorakit's overhead.
+  scaling * B^T, 433 `t`, 48 `fill_`; about 9 ms, the "enter + leave" row above). PEFT instead runs 384 small
+  `mm`s (A and B per adapter per module), 384 `index` (sub-batch gathers, 10 ms), 192 `index_put_` (4.8 ms)
+  and 192 `mul` / `add_`. Both libraries add a fixed 30-50 ms to a 620-670 ms forward, so PEFT is only about
+  1.08x the base model and lorakit / PEFT cannot go below base / PEFT (about 0.92): the 0.90 target is out
+  of reach at this shape for any implementation (with the row plans built once, the diagnostic row, lorakit
+  is 1.04x the base and 0.97x PEFT).
+* **Shorter sequences, where the fixed costs dominate.** lorakit per call / base / PEFT, and with
+  `adapter_batch` held open: seq 1: 1.59x base, 1.00x PEFT; held open **1.06x base, 0.68x PEFT**. Seq 16:
+  1.16x base, 0.96x PEFT; held open **1.05x base, 0.85x PEFT**. The row-plan rebuild is most of lorakit's
+  overhead, and without it both targets would pass at these lengths.
 * **Suggestion (src/lorakit/adapt.py, for its owners):** (1) cache the stacked A^T and scaling * B^T per
   module across `adapter_batch` entries (stack all of a module's adapters once; rebuild only when an adapter is
   added, deleted, hot-swapped or merged, or a LoRA parameter's `_version` changes), so that entering the
   context only builds the (rows,) slot-index tensor; where a rebuild is needed, build each stack with one
   `torch.stack` instead of per-slot slice writes; (2) in `LoraLinear._forward_mixed`, add into the fresh base
   output in place (`base.view(rows, -1, out).baddbmm_(x_a, b_t[row_index])`) instead of an out-of-place
-  `baddbmm` that allocates and writes another (rows, seq, out) tensor. (1) alone is the diagnostic row of the
-  first table.
+  `baddbmm` that allocates and writes another (rows, seq, out) tensor. (1) alone is what the diagnostic row
+  measures.
 * **DoRA step, 8 x 128.** Both libraries' steps (1.52 s lorakit, 1.61 s PEFT in the profiled call) are the
   LM head's `mm` forward (387 ms) and input-gradient `mm` backward (about 300 ms), the frozen `Conv1D` matmuls
   forward and backward, dropout masks (`bernoulli_`, 65 ms) and `log_softmax` forward + backward (105 ms).
-  DoRA itself costs about 2.5 % of the step in either library (the "without DoRA" column), so even a free
-  DoRA (plain LoRA, the reference rows) is only about 0.97x PEFT's DoRA step: the 0.75 target is out of reach
-  at this shape. lorakit's remaining DoRA cost is `dora_row_norm` on every forward (the row norms of the
-  frozen weight, recomputed each step, and W A^T) plus a separate `out * (m / norm)` and bias pass over the
-  (1024, 1536) output; caching ||w_o||^2 while the base weight is unchanged and applying the row scale and bias
-  inside the fused `lora_linear` function would remove most of it (at most about 2 % of the step)."""
+  DoRA on `c_attn` costs at most about 3 % of the step in either library (the "without DoRA" column; 0.2-2.6 %
+  over several runs), so even a free DoRA (plain LoRA, the reference rows) is about 0.97-0.98x PEFT's DoRA
+  step: the 0.75 target is out of reach at this shape for any implementation; it would need PEFT's DoRA to
+  cost a third of the step. What remains of lorakit's DoRA cost is `dora_row_norm` on every forward (the row
+  norms of the frozen weight, recomputed each step, and W A^T) and a separate `out * (m / norm)` and bias pass
+  over the (1024, 1536) output; caching ||w_o||^2 while the base weight is unchanged and applying the row scale
+  and bias inside the fused `lora_linear` function would remove most of it (at most about 2 % of the step)."""
 
 
 # ============================================================================ building
@@ -507,6 +515,18 @@ def run_profile(size: Size, dora_rows: int, rows: int, out: Callable[[str], obje
 
 
 # ============================================================================ report
+def code_version() -> str:
+    """The checkout's commit, and whether ``src/`` differs from it (``git``; "unknown" without it)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} ({'with uncommitted changes in src/' if dirty else 'src/ as committed'})"
+
+
 def _ratio(t: common.Timings, num: str, den: str) -> tuple[float, str]:
     value = t.ratio(num, den)
     if len(t.samples[num]) >= 4:  # fewer samples: quartiles would be extrapolated
@@ -659,10 +679,13 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     body = f"""\
 Command: `{command}` (from the repository root)
 
+Code: lorakit at commit {code_version()}
+
 Machine: {common.describe_machine("cpu", packages=("transformers", "peft"))}
 
-Date: {common.today()}; 1-minute load average {load_before:.2f} before, {load_after:.2f} after (other jobs shared
-the machine, which inflates absolute times more than the paired ratios).
+Date: {common.today()}; 1-minute load average {load_before:.2f} before, {load_after:.2f} after (about
+{os.cpu_count()} is this benchmark alone; more means other jobs shared the machine, which inflates absolute times
+more than the paired ratios).
 
 {quick_note}Model: randomly initialised `{size.describe()}` (tied LM head), float32, CPU.
 Timing: the variants of each table are timed interleaved in one process (order rotated every round, after
