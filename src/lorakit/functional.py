@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -41,21 +42,33 @@ def quantized_dropout_p(p: float) -> float:
     return round(p * _INT16_SPAN) / _INT16_SPAN
 
 
-def _keep_mask(like: Tensor, p: float, seed: int) -> Tensor:
-    """A bool mask of ``like``'s shape, True with probability 1 - quantized_dropout_p(p), from ``seed``.
+def _keep_float(like: Tensor, p: float, seed: int) -> Tensor:
+    """A 0/1 mask of ``like``'s shape and dtype, 1 with probability 1 - quantized_dropout_p(p), from ``seed``.
 
     Drawn as int16 uniforms compared with a threshold: several times cheaper than ``bernoulli_`` on a
-    CPU, which matters because backward draws the same mask again instead of keeping it.
+    CPU, which matters because backward draws the same mask again instead of keeping it. Each 64-bit
+    draw of the generator gives four int16 uniforms (``randint(..., dtype=int16)`` spends one draw per
+    element), and the comparison is done in float arithmetic, ``clamp(u - t + 1, 0, 1)``, because
+    CPU kernels on bool tensors (``where``, bool -> float) are not vectorised.
     """
     generator = torch.Generator(device=like.device)
     generator.manual_seed(seed)
-    draws = torch.randint(-32768, 32768, like.shape, dtype=torch.int16, device=like.device, generator=generator)
-    return draws >= round(p * _INT16_SPAN) - 32768
+    n = like.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
+    words.random_(-(2**63), None, generator=generator)  # the full 64-bit range: every int16 uniform
+    u = words.view(torch.int16)[:n].view(like.shape).to(torch.float32)  # exact in float32
+    keep = u.sub_(round(p * _INT16_SPAN) - 32768 - 1).clamp_(0, 1)  # 1 iff u >= threshold
+    return keep if like.dtype == torch.float32 else keep.to(like.dtype)
+
+
+def _keep_mask(like: Tensor, p: float, seed: int) -> Tensor:
+    """The same mask as :func:`_keep_float`, as bool."""
+    return _keep_float(like, p, seed).bool()
 
 
 def _dropout_mask(like: Tensor, p: float, seed: int) -> Tensor:
     """The inverted-dropout multiplier (0 or 1/(1-p')) that :func:`lora_linear` applies, for tests."""
-    return _keep_mask(like, p, seed).to(like.dtype) / (1.0 - quantized_dropout_p(p))
+    return _keep_float(like, p, seed) / (1.0 - quantized_dropout_p(p))
 
 
 class _LoraLinearFn(torch.autograd.Function):
@@ -69,10 +82,10 @@ class _LoraLinearFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p, seed):
         x2 = _flat(x)
         if dropout_p > 0.0:
-            x_a = torch.where(_keep_mask(x2, dropout_p, seed), x2, 0.0) @ lora_a.t()  # (tokens, r)
+            x_a = F.linear(_keep_float(x2, dropout_p, seed).mul_(x2), lora_a)  # (tokens, r)
             scaling = scaling / (1.0 - quantized_dropout_p(dropout_p))
         else:
-            x_a = x2 @ lora_a.t()
+            x_a = F.linear(x2, lora_a)  # ~1.5x faster than x2 @ lora_a.t() with MKL
         if bias is not None:
             out = torch.addmm(bias, x2, weight.t())
         else:
@@ -93,18 +106,19 @@ class _LoraLinearFn(torch.autograd.Function):
         grad_x = grad_w = grad_bias = grad_a = grad_b = None
 
         if need_bb:
-            grad_b = (g.t() @ x_a).mul_(s)  # (out, r)
+            # (x_a^T g)^T: MKL is several times slower on g.t() @ x_a (big operand transposed)
+            grad_b = (x_a.t() @ g).mul_(s).t()  # (out, r)
         if need_a or need_x:
-            g_a = (g @ lora_b).mul_(s)  # (tokens, r)
-        keep = _keep_mask(x2, p, ctx.seed) if p > 0.0 and (need_a or need_x) else None
+            g_a = (lora_b.t() @ g.t()).mul_(s).t()  # (tokens, r); ~1.5-2x faster than g @ lora_b
+        keep = _keep_float(x2, p, ctx.seed) if p > 0.0 and (need_a or need_x) else None
         if need_a:
-            grad_a = g_a.t() @ (torch.where(keep, x2, 0.0) if keep is not None else x2)  # (r, in)
+            grad_a = g_a.t() @ (x2 * keep if keep is not None else x2)  # (r, in)
         if need_x:
             grad_x = g @ weight  # (tokens, in)
             if keep is None:
                 grad_x.addmm_(g_a, lora_a)
             else:
-                grad_x.add_(torch.where(keep, g_a @ lora_a, 0.0))
+                grad_x.addcmul_(g_a @ lora_a, keep)
             grad_x = grad_x.view(x.shape)
         if need_w:
             grad_w = g.t() @ x2
