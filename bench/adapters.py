@@ -527,14 +527,6 @@ def code_version() -> str:
     return f"{commit} ({'with uncommitted changes in src/' if dirty else 'src/ as committed'})"
 
 
-def _ratio(t: common.Timings, num: str, den: str) -> tuple[float, str]:
-    value = t.ratio(num, den)
-    if len(t.samples[num]) >= 4:  # fewer samples: quartiles would be extrapolated
-        lo, hi = t.ratio_quartiles(num, den)
-        return value, f"{value:.3f} ({lo:.2f}–{hi:.2f})"
-    return value, f"{value:.3f}"
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}" if seconds >= 0.01 else f"{seconds * 1e3:.2f}"
 
@@ -630,32 +622,32 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     load_after = common.load_average()
 
     # ---- report
-    vs_base, vs_base_s = _ratio(mixed_t, "lorakit-mixed", "base")
-    vs_peft, vs_peft_s = _ratio(mixed_t, "lorakit-mixed", "peft-mixed")
-    peft_vs_base_s = _ratio(mixed_t, "peft-mixed", "base")[1]
+    vs_base, vs_base_s = mixed_t.ratio_shown("lorakit-mixed", "base")
+    vs_peft, vs_peft_s = mixed_t.ratio_shown("lorakit-mixed", "peft-mixed")
+    peft_vs_base_s = mixed_t.ratio_shown("peft-mixed", "base")[1]
     mixed_table = common.markdown_table(
         ["variant (batch of 8 rows, row i uses adapter i)", "forward ms (median)", "ratio to base (IQR)"],
         [["base model alone", _ms(mixed_t.median("base")), "1"],
          ["lorakit mixed batch (`adapter_batch`)", _ms(mixed_t.median("lorakit-mixed")), vs_base_s],
          ["PEFT mixed batch (`adapter_names=`)", _ms(mixed_t.median("peft-mixed")), peft_vs_base_s],
          ["diagnostic: lorakit, `adapter_batch` held open (row plans built once)",
-          _ms(mixed_t.median("lorakit-prebuilt")), _ratio(mixed_t, "lorakit-prebuilt", "base")[1]]])
-    floor_s = _ratio(mixed_t, "base", "peft-mixed")[1]
-    dora_ratio, dora_ratio_s = _ratio(dora_t, "lorakit DoRA", "PEFT DoRA")
+          _ms(mixed_t.median("lorakit-prebuilt")), mixed_t.ratio_shown("lorakit-prebuilt", "base")[1]]])
+    floor_s = mixed_t.ratio_shown("base", "peft-mixed")[1]
+    dora_ratio, dora_ratio_s = dora_t.ratio_shown("lorakit DoRA", "PEFT DoRA")
     dora_table = common.markdown_table(
         ["variant", "step ms (median)", "ratio to PEFT DoRA (IQR)", "ratio to the same library without DoRA (IQR)"],
         [["lorakit DoRA", _ms(dora_t.median("lorakit DoRA")), dora_ratio_s,
-          _ratio(dora_t, "lorakit DoRA", "lorakit LoRA")[1]],
-         ["PEFT DoRA", _ms(dora_t.median("PEFT DoRA")), "1", _ratio(dora_t, "PEFT DoRA", "PEFT LoRA")[1]],
+          dora_t.ratio_shown("lorakit DoRA", "lorakit LoRA")[1]],
+         ["PEFT DoRA", _ms(dora_t.median("PEFT DoRA")), "1", dora_t.ratio_shown("PEFT DoRA", "PEFT LoRA")[1]],
          ["lorakit LoRA (no DoRA; reference)", _ms(dora_t.median("lorakit LoRA")),
-          _ratio(dora_t, "lorakit LoRA", "PEFT DoRA")[1], "1"],
+          dora_t.ratio_shown("lorakit LoRA", "PEFT DoRA")[1], "1"],
          ["PEFT LoRA (no DoRA; reference)", _ms(dora_t.median("PEFT LoRA")),
-          _ratio(dora_t, "PEFT LoRA", "PEFT DoRA")[1], "1"]])
+          dora_t.ratio_shown("PEFT LoRA", "PEFT DoRA")[1], "1"]])
     op_rows = [["hot-swap into slot a0", _ms(ops_t.median("lorakit hot-swap")), _ms(ops_t.median("PEFT hot-swap")),
-                _ratio(ops_t, "lorakit hot-swap", "PEFT hot-swap")[1]]]
+                ops_t.ratio_shown("lorakit hot-swap", "PEFT hot-swap")[1]]]
     for ctype in COMBINATIONS:
         op_rows.append([f"add_weighted_adapter {ctype} (2 adapters)", _ms(ops_t.median(f"lorakit {ctype}")),
-                        _ms(ops_t.median(f"PEFT {ctype}")), _ratio(ops_t, f"lorakit {ctype}", f"PEFT {ctype}")[1]])
+                        _ms(ops_t.median(f"PEFT {ctype}")), ops_t.ratio_shown(f"lorakit {ctype}", f"PEFT {ctype}")[1]])
     op_rows.append([f"enter + leave `adapter_batch` ({N_ADAPTERS} names, no forward)",
                     _ms(ops_t.median("lorakit adapter_batch")), "n/a", ""])
     ops_table = common.markdown_table(["operation", "lorakit ms (median)", "PEFT ms (median)",
@@ -708,7 +700,7 @@ The diagnostic row is not a target variant: it enters `adapter_batch` once, on a
 adapters, before the timing and leaves it after, so it shows what the forward pass costs once the per-batch
 row plans (the stacked A^T and scaling * B^T of every module, timed alone in the last table) are not rebuilt;
 its logits were checked identical to the per-call variant's. Its ratio to PEFT:
-{_ratio(mixed_t, "lorakit-prebuilt", "peft-mixed")[1]}.
+{mixed_t.ratio_shown("lorakit-prebuilt", "peft-mixed")[1]}.
 lorakit cannot be faster than the base model, so lorakit / PEFT is bounded below by base / PEFT, here
 {floor_s}: the 0.90 target is reachable only where PEFT's mixed batch costs at least 1/0.90 = 1.11x the
 base model.

@@ -156,6 +156,17 @@ class Timings:
         q = statistics.quantiles(paired_ratios(self.samples[num], self.samples[den]), n=4)
         return q[0], q[2]
 
+    def ratio_shown(self, num: str, den: str) -> tuple[float, str]:
+        """The median ratio and its text, "1.234 (1.10–1.30)" with the interquartile range.
+
+        With fewer than 4 rounds the quartiles would be extrapolated, so only the median is shown.
+        """
+        value = self.ratio(num, den)
+        if len(self.samples[num]) >= 4:
+            lo, hi = self.ratio_quartiles(num, den)
+            return value, f"{value:.3f} ({lo:.2f}–{hi:.2f})"
+        return value, f"{value:.3f}"
+
 
 def paired_ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
     """Element-wise num[i] / den[i] for two equally long sequences of per-round timings."""

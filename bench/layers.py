@@ -263,12 +263,6 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f}"
 
 
-def _ratio_with_iqr(timings: common.Timings, num: str, den: str) -> tuple[float, str]:
-    value = timings.ratio(num, den)
-    lo, hi = timings.ratio_quartiles(num, den)
-    return value, f"{value:.3f} ({lo:.2f}–{hi:.2f})"
-
-
 def results_tables(results: Sequence[ConfigResult], device: torch.device) -> tuple[str, str]:
     """The main Markdown table and the targets table (PASS/MISS)."""
     mem_word = "graph MiB" if device.type == "cpu" else "peak MiB"
@@ -295,9 +289,9 @@ def results_tables(results: Sequence[ConfigResult], device: torch.device) -> tup
     targets = []
     for res in results:
         c, t, m = res.config, res.timings, res.memory
-        _, vs_frozen = _ratio_with_iqr(t, "lorakit", "frozen")
-        peft_value, vs_peft = _ratio_with_iqr(t, "lorakit", "peft")
-        _, vs_loralib = _ratio_with_iqr(t, "lorakit", "loralib")
+        _, vs_frozen = t.ratio_shown("lorakit", "frozen")
+        peft_value, vs_peft = t.ratio_shown("lorakit", "peft")
+        _, vs_loralib = t.ratio_shown("lorakit", "loralib")
         rows.append(
             [
                 c.d,
@@ -315,7 +309,7 @@ def results_tables(results: Sequence[ConfigResult], device: torch.device) -> tup
         )
         where = f"d={c.d}, r={c.r}, dropout={c.p}"
         if c.r == 8 and c.p == 0.0:
-            value, shown = _ratio_with_iqr(t, "lorakit", "frozen")
+            value, shown = t.ratio_shown("lorakit", "frozen")
             targets.append(
                 (
                     "time lorakit / frozen nn.Linear",

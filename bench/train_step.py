@@ -448,14 +448,6 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def _ratio_iqr(t: common.Timings, num: str, den: str) -> tuple[float, str]:
-    value = t.ratio(num, den)
-    if len(t.samples[num]) >= 4:  # quartiles of fewer samples are extrapolations
-        lo, hi = t.ratio_quartiles(num, den)
-        return value, f"{value:.3f} ({lo:.2f}–{hi:.2f})"
-    return value, f"{value:.3f}"
-
-
 def timed_verdict(t: common.Timings, num: str, den: str, limit: float) -> str:
     """PASS/MISS of the median ratio, flagged when the ratio's interquartile range straddles ``limit``.
 
@@ -506,7 +498,7 @@ def training_tables(
     ratio_rows, targets = [], []
     for lk, pf, time_target in PAIRS:
         label = VARIANTS_BY_NAME[lk].config_label
-        t_shown = _ratio_iqr(timings, lk, pf)[1]
+        t_shown = timings.ratio_shown(lk, pf)[1]
         m_lk, m_pf = memory[lk], memory[pf]
         mem_total = m_lk.tracked_bytes / m_pf.tracked_bytes
         mem_graph = m_lk.graph_bytes / m_pf.graph_bytes
@@ -549,11 +541,11 @@ def inference_tables(timings: common.Timings) -> tuple[str, list[tuple[str, str,
     """Inference table (median seconds, ratio to base) and target rows."""
     rows = []
     for name in INFERENCE_VARIANTS:
-        shown = "1" if name == "base" else _ratio_iqr(timings, name, "base")[1]
+        shown = "1" if name == "base" else timings.ratio_shown(name, "base")[1]
         rows.append([name, _s(timings.median(name)), shown])
     table = common.markdown_table(["variant (all-linear adapter)", "forward s (median)", "ratio to base (IQR)"], rows)
-    unmerged_shown = _ratio_iqr(timings, "lorakit-unmerged", "base")[1]
-    merged_shown = _ratio_iqr(timings, "lorakit-merged", "base")[1]
+    unmerged_shown = timings.ratio_shown("lorakit-unmerged", "base")[1]
+    merged_shown = timings.ratio_shown("lorakit-merged", "base")[1]
     targets = [
         (
             "inference lorakit unmerged / base",
