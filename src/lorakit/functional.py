@@ -61,11 +61,6 @@ def _keep_float(like: Tensor, p: float, seed: int) -> Tensor:
     return keep if like.dtype == torch.float32 else keep.to(like.dtype)
 
 
-def _keep_mask(like: Tensor, p: float, seed: int) -> Tensor:
-    """The same mask as :func:`_keep_float`, as bool."""
-    return _keep_float(like, p, seed).bool()
-
-
 def _dropout_mask(like: Tensor, p: float, seed: int) -> Tensor:
     """The inverted-dropout multiplier (0 or 1/(1-p')) that :func:`lora_linear` applies, for tests."""
     return _keep_float(like, p, seed) / (1.0 - quantized_dropout_p(p))
