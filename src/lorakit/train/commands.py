@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import ConfigError, Section, apply_overrides, read_json, validate
 
-__all__ = ["train_main", "eval_main", "inspect_main", "main"]
+__all__ = ["train_main", "eval_main", "inspect_main", "generate_main", "main"]
 
 
 def _error(message: str, code: int) -> int:
@@ -114,16 +114,13 @@ def latency_summary(cfg: Section, batches: tuple[int, ...] = (1, 8), seq_len: in
 
     from lorakit.methods import measure_latency
 
-    from .loop import _seed_everything, apply_method, build_model
-    from .tasks import get_task
+    from .loop import _seed_everything, build_configured_model
 
-    task = get_task(cfg.task.name)
     _seed_everything(cfg.training.seed, False)
-    base = build_model(cfg.model, task.num_labels)
+    base = build_configured_model(cfg, with_method=False)
     _seed_everything(cfg.training.seed, False)
-    adapted = build_model(cfg.model, task.num_labels)
-    apply_method(adapted, cfg)
-    vocab = int(getattr(base.encoder.config, "vocab_size", 1000))
+    adapted = build_configured_model(cfg)
+    vocab = int(getattr(getattr(base, "encoder", base).config, "vocab_size", 1000))
     seq = seq_len or cfg.data.max_length
     out: dict[str, Any] = {"seq_len": seq, "threads": torch.get_num_threads(), "device": "cpu"}
     for b in batches:
@@ -139,13 +136,10 @@ def inspect_summary(cfg: Section, workdir: Path | None = None) -> dict[str, Any]
     import safetensors.torch
 
     from . import checkpoint as ckpt
-    from .loop import _parameter_counts, _seed_everything, apply_method, build_model
-    from .tasks import get_task
+    from .loop import _parameter_counts, _seed_everything, build_configured_model
 
-    task = get_task(cfg.task.name)
     _seed_everything(cfg.training.seed, False)
-    model = build_model(cfg.model, task.num_labels)
-    apply_method(model, cfg)
+    model = build_configured_model(cfg)
     counts = _parameter_counts(model)
     ranks: dict[str, int] = {}
     for name, module in model.named_modules():
@@ -163,7 +157,7 @@ def inspect_summary(cfg: Section, workdir: Path | None = None) -> dict[str, Any]
         where = "computed (no checkpoint yet)"
     return {
         "model": cfg.model.name_or_path or f"architecture:{cfg.model.architecture.get('model_type')}",
-        "task": task.name, "method": cfg.method.name, **counts, "lora_ranks": ranks,
+        "task": cfg.task.name, "method": cfg.method.name, **counts, "lora_ranks": ranks,
         "trainable_tensors": len(trainable), "adapter_bytes": size, "adapter_file": where,
     }
 
@@ -212,7 +206,40 @@ def inspect_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main}
+def generate_main(argv: list[str] | None = None) -> int:
+    """``lorakit generate --workdir WORKDIR [--split test] [--checkpoint STEP | --average K] [--out DIR]``"""
+    parser = argparse.ArgumentParser(
+        prog="lorakit generate",
+        description="Predict a split with a trained run (NLG tasks: decode with the config's generation "
+                    "section) and write predictions, references and the metrics JSON.")
+    parser.add_argument("--workdir", required=True, help="a run's workdir (its config.json is used)")
+    parser.add_argument("--split", default="test", help="the split to predict (default: test)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="step number or folder name (default: the latest)")
+    which.add_argument("--average", type=int, metavar="K", help="average the last K checkpoints")
+    parser.add_argument("--out", help="output folder (default: WORKDIR/generate)")
+    parser.add_argument("--data", help="data folder (default: the run's data.dir)")
+    _set_arg(parser)
+    args = parser.parse_args(argv)
+    if args.average is not None and args.average < 1:
+        return _error("--average must be >= 1", 2)
+    if not (Path(args.workdir) / "config.json").is_file():
+        return _error(f"{args.workdir} is not a run's workdir (no config.json); train first", 2)
+    try:
+        cfg = _load(args.workdir, args.overrides, args.data)
+    except ConfigError as err:
+        return _error(str(err), 2)
+    from .loop import generate_workdir
+
+    try:
+        generate_workdir(cfg, args.workdir, split=args.split, checkpoint=args.checkpoint, average=args.average,
+                         out_dir=args.out)
+    except _known_errors() as err:
+        return _error(str(err), 1)
+    return 0
+
+
+SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main, "generate": generate_main}
 
 
 def main(argv: list[str] | None = None) -> int:

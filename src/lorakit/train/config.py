@@ -1,7 +1,7 @@
 """Experiment configuration: a JSON file, validated completely before any work starts.
 
 A config is plain data: nested JSON objects, one per section (``model``, ``method``, ``task``,
-``data``, ``optimizer``, ``schedule``, ``training``, ``evaluation``, ``logging``). Every key not given
+``data``, ``generation``, ``optimizer``, ``schedule``, ``training``, ``evaluation``, ``logging``). Every key not given
 takes its default from ``SCHEMA`` below, which is also the reference of what each key means.
 
 ``validate(raw)`` checks everything at once: unknown keys (with a "did you mean" hint), wrong types,
@@ -82,7 +82,8 @@ def _section(help_text: str = "", nullable: bool = False, **fields: Field) -> Fi
 SCHEMA: dict[str, Field] = {
     "name": Field("str", None, nullable=True, help="a label for the run, shown in results.json"),
     "model": _section(
-        "the pretrained encoder and the classification head on top of it",
+        "the pretrained model: an encoder with a classification head (NLU tasks), or a causal language model "
+        "(NLG and language-modelling tasks, chosen by the task)",
         name_or_path=Field(
             "str", None, nullable=True,
             help="a local folder, a Hugging Face name (needs the cache or internet) or "
@@ -119,9 +120,16 @@ SCHEMA: dict[str, Field] = {
         exclude_modules=Field("str_or_str_list", [], help="names never adapted"),
         bias=Field("str", "none", choices=("none", "all", "lora_only")),
         modules_to_save=Field(
-            "str_list", ["classifier"], help="modules trained fully and saved with the adapter",
+            "str_list", [],
+            help="modules trained fully and saved with the adapter, besides the task head (the classifier "
+                 "of NLU tasks always trains)",
         ),
         fan_in_fan_out=Field("bool", False),
+        enable_lora=Field(
+            "dict", {},
+            help="{regex: [bool, ...]}: adapt only the chosen equal slices of fused projections, e.g. "
+                 "{\"c_attn\": [true, false, true]} adapts GPT-2's query and value and not its key",
+        ),
         adapter_size=Field("int", 64, min=1, help="adapter_houlsby/adapter_pfeiffer: the bottleneck m"),
         prefix_length=Field("int", 10, min=0, help="prefix_embed/prefix_layer: l_p, prefix positions"),
         infix_length=Field("int", 0, min=0, help="prefix_embed: l_i, tokens after the input's last token"),
@@ -136,7 +144,8 @@ SCHEMA: dict[str, Field] = {
         name=Field(
             "str", "quickstart",
             choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "squad", "squad_v2", "boolq", "cb", "copa",
-                     "superglue_rte", "wic", "wsc", "multirc", "record"),
+                     "superglue_rte", "wic", "wsc", "multirc", "record", "e2e", "webnlg", "dart",
+                     "wikitext", "enwik8", "text8", "text"),
             help="a task plugin from lorakit.train.tasks",
         ),
     ),
@@ -156,6 +165,37 @@ SCHEMA: dict[str, Field] = {
         max_query_length=Field("int", 64, nullable=True, min=1,
                                help="squad: questions are cut to this many tokens (null: never cut)"),
         max_answer_length=Field("int", 30, min=1, help="squad: the longest predicted answer, in tokens"),
+        prompt_template=Field(
+            "str", "{context}\n",
+            help="e2e/webnlg/dart: the text the model continues; {context} is the linearised input (the "
+                 "completion is the reference followed by the EOS token)",
+        ),
+        max_prompt_length=Field("int", 256, min=1, help="e2e/webnlg/dart: prompts are cut to this many tokens"),
+        stride=Field(
+            "int", None, nullable=True, min=1,
+            help="language modelling: evaluation windows of max_length tokens advance by this many (scored) "
+                 "tokens; default max_length // 2",
+        ),
+    ),
+    "generation": _section(
+        "decoding for the NLG tasks (e2e, webnlg, dart): the LoRA paper's beam search by default",
+        strategy=Field("str", "beam", choices=("beam", "greedy", "sample")),
+        num_beams=Field("int", 10, min=1),
+        length_penalty=Field("float", 0.8, help="beam score = log-probability / length ** length_penalty"),
+        no_repeat_ngram_size=Field("int", 4, min=0, help="0: off"),
+        max_new_tokens=Field("int", 64, min=1),
+        min_new_tokens=Field("int", 0, min=0),
+        temperature=Field("float", 1.0, min=0.0, min_exclusive=True, help="sample only"),
+        top_k=Field("int", 0, min=0, help="sample only; 0: off"),
+        top_p=Field("float", 1.0, min=0.0, max=1.0, min_exclusive=True, help="sample only"),
+        repetition_penalty=Field("float", 1.0, min=0.0, min_exclusive=True, help="1.0: off"),
+        stop=Field("str_list", ["\n\n"], help="generation also ends at any of these strings (not kept)"),
+        eos_token=Field("str", None, nullable=True, help="the end-of-text token; default: the tokenizer's"),
+        metrics=Field(
+            "str", "all", choices=("all", "fast"),
+            help="'all': the task's official metric set (E2E: BLEU, NIST, METEOR, ROUGE-L, CIDEr; needs Java); "
+                 "'fast': BLEU and NIST only (no Java), e.g. for frequent dev evaluations",
+        ),
     ),
     "optimizer": _section(
         "AdamW over the trainable parameters only",
@@ -499,3 +539,27 @@ def config_diff(a: Any, b: Any, path: str = "$") -> list[str]:
             out += config_diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}")
         return out
     return [] if a == b else [f"{path}: {json.dumps(a)} -> {json.dumps(b)}"]
+
+
+def markdown_reference() -> str:
+    """The reference table of every config key (docs/experiments.md): key, type, default, meaning."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(schema: dict[str, Field], prefix: str) -> None:
+        for key, f in schema.items():
+            if f.kind == "section":
+                walk(f.schema or {}, f"{prefix}{key}.")
+                continue
+            notes = [f.help] if f.help else []
+            if f.choices:
+                notes.append("one of " + ", ".join(f"`{c}`" for c in f.choices))
+            if _range_text(f):
+                notes.append(_range_text(f))
+            if f.nullable:
+                notes.append("may be null")
+            meaning = "; ".join(notes).replace("|", "\\|").replace("\n", "\\n")
+            default = json.dumps(f.default).replace("|", "\\|")
+            rows.append(f"| `{prefix}{key}` | {f.kind} | `{default}` | {meaning} |")
+
+    walk(SCHEMA, "")
+    return "\n".join(rows) + "\n"

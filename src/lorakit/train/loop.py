@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,15 +35,17 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import Section, config_diff
-from .tasks import DataError, get_task
+from .tasks import DataError, task_from_config
 
 __all__ = [
-    "train", "evaluate_workdir", "build_model", "load_tokenizer", "SequenceClassifier", "TrainingError",
+    "train", "evaluate_workdir", "generate_workdir", "predict_dataset", "build_model", "build_configured_model",
+    "load_tokenizer", "SequenceClassifier", "TrainingError",
     "ModelLoadError", "WorkdirError", "NonFiniteLossError", "RUN_OUTPUTS",
 ]
 
 # What a run writes into its workdir (``--force`` removes exactly these, nothing else).
-RUN_OUTPUTS = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "tensorboard", "plots", "adapter")
+RUN_OUTPUTS = ("config.json", "metrics.jsonl", "results.json", "checkpoints", "tensorboard", "plots", "adapter",
+               "generate")
 
 
 class TrainingError(RuntimeError):
@@ -99,18 +101,18 @@ def train(
     say = echo if dinfo.is_main else (lambda _msg: None)
     try:
         # 1. data: read, check and tokenize both splits
-        task = get_task(cfg.task.name, label_smoothing=cfg.training.label_smoothing)
+        task = task_from_config(cfg)
         data_dir = _require_data_dir(cfg)
         tokenizer = load_tokenizer(cfg.model)
-        train_set = _load_split(task, cfg.data.train_split, data_dir, cfg.data.max_train_examples, tokenizer, cfg)
+        train_set = _load_split(task, cfg.data.train_split, data_dir, cfg.data.max_train_examples, tokenizer, cfg,
+                                training=True)
         dev_set = _load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
         micro = _micro_batch_size(cfg, dinfo, len(train_set))
-        _check_metric_name(cfg, task, task.metrics([0, 1], [0, 1]))  # a typo in evaluation.metric fails now
+        _check_metric_name(cfg, task, _metric_names(task))  # a typo in evaluation.metric fails now
 
         # 2. model: seeded build, then the fine-tuning method decides what trains
         _seed_everything(cfg.training.seed, cfg.training.deterministic)
-        model = build_model(cfg.model, task.num_labels)
-        apply_method(model, cfg)
+        model = build_configured_model(cfg, task)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         params = _parameter_counts(model)
 
@@ -231,7 +233,7 @@ def train(
         sharded = dinfo.enabled and cfg.training.strategy == "fsdp"
         export_state = D.full_state(model, set(trainable)) if sharded else None  # collective under FSDP
         if dinfo.is_main:
-            _export_adapter(model, cfg, workdir, task.num_labels, export_state)
+            _export_adapter(model, cfg, workdir, task, export_state)
             ckpt.atomic_write(workdir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
             if cfg.logging.plots:
                 plot_curves(workdir / "metrics.jsonl", workdir / "plots", say)
@@ -260,11 +262,12 @@ def _require_data_dir(cfg: Section) -> Path:
     return path
 
 
-def _load_split(task, split: str, data_dir: Path, limit: int | None, tokenizer, cfg: Section) -> list[dict]:
+def _load_split(task, split: str, data_dir: Path, limit: int | None, tokenizer, cfg: Section,
+                training: bool = False) -> list[dict]:
     examples = task.load(split, data_dir)
     if limit is not None:
         examples = examples[:limit]
-    return task.encode(examples, tokenizer, cfg.data)
+    return task.encode(examples, tokenizer, cfg.data, training=training)
 
 
 def _micro_batch_size(cfg: Section, dinfo: D.DistInfo, n_train: int) -> int:
@@ -401,41 +404,79 @@ class SequenceClassifier(nn.Module):
         return self.classifier(self.dropout(pooled))  # (batch, num_labels)
 
 
-def build_model(model_cfg: Section, num_labels: int) -> SequenceClassifier:
-    """The encoder (pretrained from ``name_or_path``, or random from ``architecture``) plus the head."""
-    from transformers import AutoConfig, AutoModel
+def build_model(model_cfg: Section, num_labels: int, kind: str = "classifier") -> nn.Module:
+    """The pretrained (``name_or_path``) or randomly initialised (``architecture``) model of a task kind:
+    ``"classifier"``: the encoder plus a pooling step and a linear head (:class:`SequenceClassifier`);
+    ``"causal_lm"``: a causal language model with its own LM head (``AutoModelForCausalLM``, e.g. GPT-2)."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
+    if kind not in MODEL_KINDS:
+        raise TrainingError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+    if kind == "causal_lm":
+        return _load_transformer(model_cfg, AutoModelForCausalLM, {})
     with_pooler = model_cfg.pooling == "pooler"
-    if model_cfg.architecture is not None:
-        arch = dict(model_cfg.architecture)
-        try:
-            config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-            encoder = _call_with_pooler(lambda **kw: AutoModel.from_config(config, **kw), with_pooler)
-        except (ValueError, TypeError, KeyError) as err:
-            raise ModelLoadError(f"model.architecture: cannot build a model from it: {err}") from None
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            encoder = _from_pretrained(
-                lambda path, **kw: _call_with_pooler(lambda **k2: AutoModel.from_pretrained(path, **kw, **k2),
-                                                     with_pooler),
-                model_cfg.name_or_path, "model",
-            )
+    encoder = _load_transformer(model_cfg, AutoModel, {"add_pooling_layer": with_pooler})
     hidden = getattr(encoder.config, "hidden_size", None) or encoder.config.d_model
     return SequenceClassifier(encoder, hidden, num_labels, model_cfg.pooling, model_cfg.classifier_dropout)
 
 
-def _call_with_pooler(make: Callable[..., nn.Module], with_pooler: bool) -> nn.Module:
-    try:  # BERT-like models: skip the pooler when it is not used (DDP rejects unused trainable weights)
-        return make(add_pooling_layer=with_pooler)
-    except TypeError:
-        return make()
+MODEL_KINDS = ("classifier", "causal_lm")
 
 
-def apply_method(model: SequenceClassifier, cfg: Section) -> None:
+def build_configured_model(cfg: Section, task: Any = None, with_method: bool = True) -> nn.Module:
+    """The model of an experiment config (its task's kind), with the fine-tuning method applied unless
+    ``with_method`` is false (the base model, e.g. for latency comparisons). Seed first for
+    reproducible random parts."""
+    task = task if task is not None else task_from_config(cfg)
+    model = build_model(cfg.model, task.num_labels, _model_kind(task))
+    if with_method:
+        apply_method(model, cfg)
+    return model
+
+
+def _model_kind(task) -> str:
+    return getattr(task, "model_kind", "classifier")
+
+
+def _load_transformer(model_cfg: Section, auto_class: Any, optional: dict[str, Any]) -> nn.Module:
+    """``auto_class`` from ``model.architecture`` (random) or ``model.name_or_path``; ``optional`` keyword
+    arguments are dropped for model classes that do not take them (e.g. ``add_pooling_layer``)."""
+
+    def make(build: Callable[..., nn.Module]) -> nn.Module:
+        try:
+            return build(**optional)
+        except TypeError:
+            if not optional:
+                raise
+            return build()
+
+    if model_cfg.architecture is not None:
+        arch = dict(model_cfg.architecture)
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+            return make(lambda **kw: auto_class.from_config(config, **kw))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ModelLoadError(f"model.architecture: cannot build a model from it: {err}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _from_pretrained(lambda path, **kw: make(lambda **k2: auto_class.from_pretrained(path, **kw, **k2)),
+                                model_cfg.name_or_path, "model")
+
+
+def head_names(model: nn.Module, cfg: Section) -> list[str]:
+    """The task head that trains with every method: the classifier (and the pooler when pooling reads it);
+    none for a language model (its LM head is the pretrained, usually tied, embedding)."""
+    if not isinstance(model, SequenceClassifier):
+        return []
+    return ["classifier"] + (["pooler"] if cfg.model.pooling == "pooler" else [])
+
+
+def apply_method(model: nn.Module, cfg: Section) -> None:
     """Decide what trains: LoRA adapters (+ modules_to_save, chosen biases), everything, or the head."""
     m = cfg.method
-    head = ["classifier"] + (["pooler"] if cfg.model.pooling == "pooler" else [])
+    head = head_names(model, cfg)
     if m.name == "full":
         for p in model.parameters():
             p.requires_grad = True
@@ -450,19 +491,20 @@ def apply_method(model: SequenceClassifier, cfg: Section) -> None:
     from lorakit import LoraConfig, inject
 
     saved = list(dict.fromkeys(list(m.modules_to_save) + head))
-    lcfg = LoraConfig(
-        r=m.r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.target_modules,
-        exclude_modules=m.exclude_modules or None, bias=m.bias, modules_to_save=saved,
-        fan_in_fan_out=m.fan_in_fan_out, task_type="SEQ_CLS",
-        base_model_name_or_path=cfg.model.name_or_path,
-    )
     try:
+        lcfg = LoraConfig(
+            r=m.r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.target_modules,
+            exclude_modules=m.exclude_modules or None, bias=m.bias, modules_to_save=saved or None,
+            fan_in_fan_out=m.fan_in_fan_out, enable_lora=dict(m.enable_lora),
+            task_type="SEQ_CLS" if isinstance(model, SequenceClassifier) else "CAUSAL_LM",
+            base_model_name_or_path=cfg.model.name_or_path,
+        )
         inject(model, lcfg)
     except (ValueError, TypeError) as err:
         raise TrainingError(f"method: cannot apply LoRA to this model: {err}") from None
 
 
-def _apply_baseline(model: SequenceClassifier, cfg: Section, head: tuple[str, ...]) -> None:
+def _apply_baseline(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> None:
     """One of the LoRA paper's baselines (``lorakit.methods``): ft_top2, bitfit, adapters, prefixes."""
     from lorakit.methods import MethodConfig, MethodError
     from lorakit.methods import apply_method as apply_baseline
@@ -472,7 +514,7 @@ def _apply_baseline(model: SequenceClassifier, cfg: Section, head: tuple[str, ..
         mcfg = MethodConfig(m.name, adapter_size=m.adapter_size, prefix_length=m.prefix_length,
                             infix_length=m.infix_length, prefix_hidden=m.prefix_hidden, head=head)
         if m.name == "prefix_embed":
-            ecfg = model.encoder.config
+            ecfg = getattr(model, "encoder", model).config
             limit = getattr(ecfg, "max_position_embeddings", None) or getattr(ecfg, "n_positions", None)
             if limit is not None and getattr(ecfg, "model_type", "") in ("roberta", "xlm-roberta"):
                 limit -= (ecfg.pad_token_id or 0) + 1  # RoBERTa's positions start after the padding index
@@ -625,11 +667,18 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scale
     optimizer.zero_grad(set_to_none=True)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, task, dataset: list[dict], batch_size: int, dinfo: D.DistInfo,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Dev metrics. Each process predicts a strided shard (padded so every process runs the same number
-    of forward passes, which DDP/FSDP need); predictions are gathered and scored on every process."""
+    """Dev metrics of ``model`` on ``dataset`` (see :func:`predict_dataset`)."""
+    return task.metrics(*predict_dataset(model, task, dataset, batch_size, dinfo, amp_dtype))
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, task, dataset: list[dict], batch_size: int, dinfo: D.DistInfo,
+                    amp_dtype: torch.dtype | None = None, progress: bool = False) -> tuple[list, list]:
+    """``(predictions, references)`` in dataset order. Each process predicts a strided shard (padded so
+    every process runs the same number of forward passes, which DDP/FSDP need); the predictions are
+    gathered on every process."""
     was_training = model.training
     model.eval()
     n, world = len(dataset), dinfo.world_size
@@ -637,7 +686,12 @@ def evaluate(model: nn.Module, task, dataset: list[dict], batch_size: int, dinfo
     per_rank = math.ceil(n / world)
     padded = mine + [mine[-1] if mine else 0] * (per_rank - len(mine))
     preds: list[tuple[int, float]] = []
-    for start in range(0, per_rank, batch_size):
+    starts = range(0, per_rank, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="predict", unit="batch", disable=not dinfo.is_main)
+    for start in starts:
         chunk = padded[start:start + batch_size]
         batch = {k: v.to(dinfo.device) for k, v in task.collate([dataset[i] for i in chunk]).items()}
         with _autocast(dinfo.device, amp_dtype):
@@ -651,26 +705,39 @@ def evaluate(model: nn.Module, task, dataset: list[dict], batch_size: int, dinfo
     if task.num_labels > 1 and all(isinstance(p, float) for p in predictions):
         predictions = [int(p) for p in predictions]
     model.train(was_training)
-    return task.metrics(predictions, references)
+    return predictions, references
 
 
 def _main_metric(cfg: Section, task) -> str:
     return cfg.evaluation.metric or task.main_metric
 
 
-def _check_metric_name(cfg: Section, task, metrics: dict) -> None:
+def _metric_names(task) -> list[str]:
+    """What the task's ``metrics`` reports: its ``metric_names``, else the keys of a call on dummy input."""
+    names = getattr(task, "metric_names", None)
+    return list(names) if names is not None else list(task.metrics([0, 1], [0, 1]))
+
+
+def _check_metric_name(cfg: Section, task, metrics: Iterable[str]) -> None:
     key = _main_metric(cfg, task)
     if key not in metrics:
         raise TrainingError(f"evaluation.metric {key!r} is not reported by task {task.name!r}; "
                             f"choose one of {sorted(metrics)}")
 
 
+LOWER_IS_BETTER = ("TER", "ppl", "word_ppl", "bpc", "bpb", "nll", "nll_per_token", "loss")
+
+
 def _early_stopping(cfg: Section, task, state: LoopState) -> None:
-    value = state.last_eval.get(_main_metric(cfg, task))
+    """Track the best dev value (``LOWER_IS_BETTER`` metrics: the smallest) and count evaluations
+    without improvement; stop after ``training.early_stopping.patience`` of them."""
+    key = _main_metric(cfg, task)
+    value = state.last_eval.get(key)
+    sign = -1.0 if key.split("_")[0] in LOWER_IS_BETTER or key in LOWER_IS_BETTER else 1.0
     es = cfg.training.early_stopping
     min_delta = es.min_delta if es is not None else 0.0
     if value is not None and math.isfinite(value) and (state.best_metric is None or
-                                                       value > state.best_metric + min_delta):
+                                                       sign * (value - state.best_metric) > min_delta):
         state.best_metric, state.best_step, state.bad_evals = float(value), state.step, 0
     else:
         state.bad_evals += 1
@@ -794,7 +861,7 @@ def _dir_file_size(path: Path, name: str) -> int:
     return (path / name).stat().st_size
 
 
-def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, num_labels: int,
+def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, task,
                     full: dict[str, Tensor] | None) -> None:
     """Save the (averaged) LoRA adapter in PEFT's layout under ``workdir/adapter``.
 
@@ -802,7 +869,7 @@ def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, num_labels: i
     plain copy of the model first (rank 0 only).
     """
     if cfg.method.name not in ("lora", "full"):
-        _export_method(model, cfg, workdir, num_labels, full)
+        _export_method(model, cfg, workdir, task, full)
         return
     if cfg.method.name != "lora":
         return
@@ -810,14 +877,13 @@ def _export_adapter(model: nn.Module, cfg: Section, workdir: Path, num_labels: i
 
     if full is not None:
         _seed_everything(cfg.training.seed, False)
-        plain = build_model(cfg.model, num_labels)
-        apply_method(plain, cfg)
+        plain = build_configured_model(cfg, task)
         plain.load_state_dict(full, strict=False)
         model = plain
     save_adapter(D.unwrap(model), workdir / "adapter")
 
 
-def _export_method(model: nn.Module, cfg: Section, workdir: Path, num_labels: int,
+def _export_method(model: nn.Module, cfg: Section, workdir: Path, task,
                    full: dict[str, Tensor] | None) -> None:
     """A baseline's final trainable tensors (PreLayer's MLP folded into its prefixes) in
     ``workdir/adapter/model.safetensors`` with ``method.json`` (the method section of the config)."""
@@ -825,8 +891,7 @@ def _export_method(model: nn.Module, cfg: Section, workdir: Path, num_labels: in
 
     if full is not None:
         _seed_everything(cfg.training.seed, False)
-        plain = build_model(cfg.model, num_labels)
-        apply_method(plain, cfg)
+        plain = build_configured_model(cfg, task)
         plain.load_state_dict(full, strict=False)
         model = plain
     model = D.unwrap(model)
@@ -970,6 +1035,53 @@ def evaluate_workdir(cfg: Section, workdir: str | Path, *, checkpoint: str | Non
                      average: int | None = None, split: str | None = None) -> dict[str, Any]:
     """Metrics of one checkpoint (``checkpoint``: a step number or folder name; default: the latest) or of
     the average of the last ``average`` checkpoints, on ``split`` (default: ``data.eval_split``)."""
+    run = _load_run(cfg, workdir, checkpoint, average, split)
+    metrics = evaluate(run.model, run.task, run.dataset, cfg.evaluation.batch_size, run.dinfo, run.amp_dtype)
+    return {"checkpoints": run.checkpoints, "split": run.split, "metrics": metrics}
+
+
+def generate_workdir(cfg: Section, workdir: str | Path, *, split: str = "test", checkpoint: str | None = None,
+                     average: int | None = None, out_dir: str | Path | None = None,
+                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Predict ``split`` with a trained run and write, under ``out_dir`` (default ``WORKDIR/generate``):
+    ``predictions.{split}.txt`` (one output per line, in input order), ``references.{split}.txt`` (each
+    input's references, one per line, inputs separated by a blank line: the E2E scorer's multi-reference
+    layout) and ``metrics.{split}.json``. For generation tasks the outputs are decoded texts; for others
+    the task's predictions (class ids, scores, answers) as JSON values."""
+    run = _load_run(cfg, workdir, checkpoint, average, split)
+    out = Path(out_dir) if out_dir is not None else Path(workdir) / "generate"
+    t0 = time.time()
+    predictions, references = predict_dataset(run.model, run.task, run.dataset, cfg.evaluation.batch_size,
+                                              run.dinfo, run.amp_dtype, progress=cfg.logging.progress_bar)
+    metrics = run.task.metrics(predictions, references)
+    out.mkdir(parents=True, exist_ok=True)
+    as_line = (lambda p: " ".join(str(p).split())) if all(isinstance(p, str) for p in predictions) else json.dumps
+    ckpt.atomic_write(out / f"predictions.{split}.txt", "".join(as_line(p) + "\n" for p in predictions))
+    groups = [r["references"] if isinstance(r, dict) and "references" in r else [json.dumps(_json_safe(r))]
+              for r in references]
+    ckpt.atomic_write(out / f"references.{split}.txt", "\n".join("".join(x + "\n" for x in g) for g in groups))
+    result = {"checkpoints": run.checkpoints, "split": split, "examples": len(predictions),
+              "seconds": time.time() - t0, "metrics": metrics}
+    ckpt.atomic_write(out / f"metrics.{split}.json", json.dumps(_json_safe(result), indent=2) + "\n")
+    echo(f"{split}: {_fmt(metrics)}")
+    echo(f"wrote {out / f'predictions.{split}.txt'}, references.{split}.txt and metrics.{split}.json")
+    return result
+
+
+@dataclass
+class _LoadedRun:
+    model: nn.Module
+    task: Any
+    dataset: list[dict]
+    split: str
+    checkpoints: list[int]
+    dinfo: D.DistInfo
+    amp_dtype: torch.dtype | None
+
+
+def _load_run(cfg: Section, workdir: str | Path, checkpoint: str | None, average: int | None,
+              split: str | None) -> _LoadedRun:
+    """Rebuild a run's model from its config and load the chosen checkpoint(s); read ``split``."""
     workdir = Path(workdir)
     found = ckpt.list_checkpoints(workdir / "checkpoints")
     if not found:
@@ -984,14 +1096,13 @@ def evaluate_workdir(cfg: Section, workdir: str | Path, *, checkpoint: str | Non
                                f"{[c.step for c in found]}")
     else:
         chosen = found[-1:]
+    split = split or cfg.data.eval_split
     dinfo = D.DistInfo(0, 1, 0, D._pick_device(cfg.training.device, 0))
-    task = get_task(cfg.task.name)
+    task = task_from_config(cfg)
     tokenizer = load_tokenizer(cfg.model)
-    dev = _load_split(task, split or cfg.data.eval_split, _require_data_dir(cfg), cfg.data.max_eval_examples,
-                      tokenizer, cfg)
+    dataset = _load_split(task, split, _require_data_dir(cfg), cfg.data.max_eval_examples, tokenizer, cfg)
     _seed_everything(cfg.training.seed, cfg.training.deterministic)
-    model = build_model(cfg.model, task.num_labels)
-    apply_method(model, cfg)
+    model = build_configured_model(cfg, task)
     state = ckpt.average_checkpoints([c.path for c in chosen]) if len(chosen) > 1 else \
         ckpt.load_model_state(chosen[0].path)
     unknown = sorted(set(state) - set(model.state_dict()))
@@ -1001,5 +1112,4 @@ def evaluate_workdir(cfg: Section, workdir: str | Path, *, checkpoint: str | Non
     model.load_state_dict(state, strict=False)
     model.to(dinfo.device)
     amp = _precision(cfg.training.precision, dinfo.device, lambda _m: None)
-    metrics = evaluate(model, task, dev, cfg.evaluation.batch_size, dinfo, amp)
-    return {"checkpoints": [c.step for c in chosen], "split": split or cfg.data.eval_split, "metrics": metrics}
+    return _LoadedRun(model, task, dataset, split, [c.step for c in chosen], dinfo, amp)

@@ -4,20 +4,26 @@ A task is an object with this contract (the loop calls nothing else):
 
 ``load(split, data_dir) -> list[Example]``
     read one split from disk; malformed input raises ``DataError`` naming the file and line.
-``encode(examples, tokenizer, cfg) -> list[dict]``
-    tokenize once, before training; ``cfg`` is the resolved ``data`` config section.
+``encode(examples, tokenizer, cfg, training=False) -> list[dict]``
+    tokenize once, before training; ``cfg`` is the resolved ``data`` config section; ``training`` says
+    whether the items feed the loss (e.g. NLG: one item per reference) or evaluation (one per input).
 ``collate(items, max_length=None) -> dict[str, Tensor]``
     pad a list of encoded items into a batch; ``max_length`` cuts every sequence (random sequence-length
     sampling), keeping its final special token.
 ``loss(model, batch) -> Tensor``
     scalar training loss of the batch (mean over examples).
-``predict(model, batch) -> Tensor``
-    ``(batch,)`` predictions: class ids, or scores for regression.
+``predict(model, batch) -> Tensor | list``
+    ``(batch,)`` predictions: class ids, or scores for regression; or one task-defined object per row
+    (span predictions, generated texts, per-window log-likelihoods).
 ``metrics(predictions, references) -> dict[str, float]``
-    dev metrics; ``main_metric`` names the one used for early stopping and "best".
+    dev metrics (references are the items' ``label`` values); ``main_metric`` names the one used for
+    early stopping and "best".
 
-plus the attributes ``name``, ``num_labels`` (1 = regression) and ``main_metric``. ``get_task(name, ...)``
-returns a fresh task; ``TASKS`` lists the names.
+plus the attributes ``name``, ``num_labels`` (1 = regression, 0 = none: language models), ``main_metric``
+and optionally ``model_kind`` (``"classifier"``, the default: an encoder with a head; ``"causal_lm"``: a
+language model such as GPT-2) and ``metric_names`` (what ``metrics`` reports, when it cannot be called on
+dummy input). ``get_task(name, ...)`` returns a fresh task; ``task_from_config(cfg)`` one set up from a
+resolved experiment config; ``TASKS`` lists the names.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from __future__ import annotations
 from typing import Any
 
 from .glue import TASK_SPECS, DataError, GlueTask
+from .nlg import NLG_TASKS, NLGTask
 from .squad import SQUAD_VERSIONS, SquadTask
 from .superglue import SUPERGLUE_SPECS, SuperGlueTask
 
-__all__ = ["DataError", "GlueTask", "SquadTask", "SuperGlueTask", "TASKS", "get_task"]
+__all__ = ["DataError", "GlueTask", "NLGTask", "SquadTask", "SuperGlueTask", "TASKS", "get_task", "task_from_config"]
 
-TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, *SUPERGLUE_SPECS)
+LM_TASKS = ("wikitext", "enwik8", "text8", "text")
+TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, *SUPERGLUE_SPECS, *NLG_TASKS, *LM_TASKS)
 
 _ALIASES = {"squadv2": "squad_v2", "squad2": "squad_v2", "squad_v1": "squad", "squadv1": "squad", "squad1": "squad",
             "superglue/rte": "superglue_rte", "superglue-rte": "superglue_rte", "sg_rte": "superglue_rte"}
@@ -39,10 +47,17 @@ _ALIASES = {"squadv2": "squad_v2", "squad2": "squad_v2", "squad_v1": "squad", "s
 def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
     """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``, ``squad``,
     ``squad_v2``, SuperGLUE ``boolq``, ``cb``, ``copa``, ``superglue_rte``, ``wic``, ``wsc``, ``multirc``,
-    ``record``)."""
+    ``record``; NLG ``e2e``, ``webnlg``, ``dart`` (option ``generation``); language modelling ``wikitext``,
+    ``enwik8``, ``text8``, ``text`` (option ``stride``))."""
     key = _ALIASES.get(name.lower(), name.lower())
     key = key.replace("-", "").replace("superglue/", "").replace("glue/", "")
     key = _ALIASES.get(key, key)
+    if key in NLG_TASKS:
+        return NLGTask(key, label_smoothing=label_smoothing, **options)
+    if key in LM_TASKS:
+        from .lm import get_lm_task
+
+        return get_lm_task(key, label_smoothing=label_smoothing, **options)
     if key in SQUAD_VERSIONS:
         return SquadTask(key, label_smoothing=label_smoothing, **options)
     if key in SUPERGLUE_SPECS:
@@ -50,3 +65,14 @@ def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
     if key not in TASK_SPECS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return GlueTask(TASK_SPECS[key], label_smoothing=label_smoothing, **options)
+
+
+def task_from_config(cfg: Any) -> Any:
+    """The task of a resolved experiment config, with the options its family reads from other sections."""
+    name = cfg.task.name
+    options: dict[str, Any] = {}
+    if name in NLG_TASKS:
+        options["generation"] = cfg.generation
+    elif name in LM_TASKS:
+        options["stride"] = cfg.data.stride
+    return get_task(name, label_smoothing=cfg.training.label_smoothing, **options)

@@ -143,7 +143,7 @@ class GlueTask:
         return examples
 
     # -- encode / collate --------------------------------------------------------------------------
-    def encode(self, examples: Sequence[Example], tokenizer: Any, cfg: Any) -> list[dict]:
+    def encode(self, examples: Sequence[Example], tokenizer: Any, cfg: Any, training: bool = False) -> list[dict]:
         """Tokenize to ``{"input_ids": list[int], "token_type_ids": list[int], "label": ...}`` items.
 
         ``cfg.max_length`` truncates (pairs: the longer text first).

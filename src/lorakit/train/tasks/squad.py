@@ -172,7 +172,7 @@ class SquadTask:
         return QAExample(qid, qa["question"], context, tuple(texts), tuple(starts), impossible, source)
 
     # -- encode / collate --------------------------------------------------------------------------
-    def encode(self, examples: Sequence[QAExample], tokenizer: Any, cfg: Any) -> list[dict]:
+    def encode(self, examples: Sequence[QAExample], tokenizer: Any, cfg: Any, training: bool = False) -> list[dict]:
         """Cut each (question, context) into windows; one item per window.
 
         Item: ``input_ids``, ``token_type_ids`` (lists), ``offsets`` (per token ``(start, end)`` character

@@ -247,7 +247,7 @@ class SuperGlueTask:
         return out
 
     # -- encode / collate --------------------------------------------------------------------------
-    def encode(self, examples: Sequence[SGExample], tokenizer: Any, cfg: Any) -> list[dict]:
+    def encode(self, examples: Sequence[SGExample], tokenizer: Any, cfg: Any, training: bool = False) -> list[dict]:
         """Tokenize every pair: items ``{"choices": [(input_ids, token_type_ids), ...], "target", "label"}``."""
         if not examples:
             raise DataError(f"task {self.name}: nothing to encode (empty dataset)")
