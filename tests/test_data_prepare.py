@@ -81,3 +81,59 @@ def test_squad_folder_with_dev_only(tmp_path):
     notes: list[str] = []
     out = dp.prepare("squad", tmp_path, source=SQUAD, say=notes.append)
     assert (out / "dev-v1.1.json").is_file() and any("train-v1.1.json not found" in n for n in notes)
+
+
+# -- NLG datasets (E2E, WebNLG 2017, DART) --------------------------------------------------------------
+
+def _shared_nlg(name: str) -> Path:
+    folder = SHARED / name
+    assert folder.is_dir(), f"{folder} not found: these tests read the project's shared data; set LORAKIT_DATA"
+    return folder
+
+
+def test_e2e_and_webnlg_from_the_shared_folders_are_checked_copied_and_read(tmp_path):
+    notes: list[str] = []
+    out = dp.prepare("e2e", tmp_path, source=_shared_nlg("e2e"), say=notes.append)
+    assert out == tmp_path / "e2e"
+    assert (out / "trainset.csv").read_bytes() == (SHARED / "e2e" / "trainset.csv").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["devset.csv", "testset.csv", "testset_w_refs.csv", "trainset.csv"]
+    assert "e2e train: 4862 inputs, 42061 references" in notes and "e2e test: 630 inputs, 4693 references" in notes
+    notes.clear()
+    out = dp.prepare("webnlg", tmp_path, source=_shared_nlg("webnlg_challenge_2017").parent, say=notes.append)
+    assert out == tmp_path / "webnlg_challenge_2017"
+    assert len(list(out.rglob("*.xml"))) == 107 and not any("no pinned checksum" in n for n in notes)
+    assert (out / "dev" / "1triples" / "1triple_allSolutions_Airport_dev_challenge.xml").is_file()
+    assert "webnlg dev: 871 inputs, 2258 references" in notes
+
+
+def test_dart_from_a_partial_folder_and_a_file_that_does_not_read(tmp_path):
+    notes: list[str] = []
+    out = dp.prepare("dart", tmp_path / "a", source=_shared_nlg("dart"), say=notes.append)
+    assert sorted(p.name for p in out.iterdir()) == ["dart-v1.1.1-full-dev.json", "dart-v1.1.1-full-test.xml"]
+    assert "note: dart-v1.1.1-full-train.json not found under" in " ".join(notes)
+    assert "dart dev: 2768 inputs, 6980 references" in notes and "dart test: 5097 inputs, 12551 references" in notes
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "dart-v1.1.1-full-train.json").write_text('[{"tripleset": [["a", "b", "c"]]}]', encoding="utf-8")
+    with pytest.raises(dp.PrepareError, match=r"dart train: the files do not read: .*train.json#0: missing field "
+                                              r"'annotations'"):
+        dp.prepare("dart", tmp_path / "b", source=raw, say=lambda _m: None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(dp.PrepareError, match=r"none of dart-v1.1.1-full-train.json, .* found under"):
+        dp.prepare("dart", tmp_path / "c", source=tmp_path / "empty", say=lambda _m: None)
+
+
+def test_e2e_damaged_file_fails_and_offline_nlg_downloads_say_what_to_fetch(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    shutil.copytree(_shared_nlg("e2e"), raw)
+    (raw / "devset.csv").write_bytes((raw / "devset.csv").read_bytes()[:-20])
+    with pytest.raises(dp.PrepareError, match=r"devset.csv: checksum mismatch \(sha256 [0-9a-f]{64}, expected fc26b7"):
+        dp.prepare("e2e", tmp_path / "out", source=raw, say=lambda _m: None)
+    monkeypatch.setattr(dp, "_reachable", lambda url, timeout=3.0: False)
+    with pytest.raises(dp.PrepareError, match=r"cannot reach raw.githubusercontent.com \(offline\?\).*tuetschek/"
+                                              r"e2e-dataset/.*/trainset.csv.*--from"):
+        dp.prepare("e2e", tmp_path / "out", say=lambda _m: None)
+    with pytest.raises(dp.PrepareError, match=r"cannot reach gitlab.com .* the 107 files under https://gitlab.com/"
+                                              r"shimorina/webnlg-dataset/-/raw/master/webnlg_challenge_2017/ and"):
+        dp.prepare("webnlg", tmp_path / "out", say=lambda _m: None)
+    assert cli_main(["data", "prepare", "dart", "--to", str(tmp_path)]) == 1

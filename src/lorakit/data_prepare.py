@@ -1,21 +1,29 @@
 """``lorakit data prepare TASK --to DIR [--from PATH]``: put a task's data where its plugin reads it.
 
 With internet, the files come from the canonical source (GLUE's and SuperGLUE's release zips, the
-SentEval copy of MRPC and GLUE's MRPC dev ids, the SQuAD explorer site). ``--from PATH`` uses an
-already-downloaded folder or zip instead, with no network. Either way every file with a pinned SHA-256
-(below) is checked and a mismatch stops with the file, the expected and the actual digest; files without a
-pinned digest are copied with a note printing their SHA-256 (so it can be pinned). Offline without
-``--from``, the command fails within seconds and says what to download.
+SentEval copy of MRPC and GLUE's MRPC dev ids, the SQuAD explorer site; for the NLG datasets the official
+repositories: E2E ``tuetschek/e2e-dataset`` and DART ``Yale-LILY/dart`` on GitHub, WebNLG 2017 the WebNLG
+dataset repository ``shimorina/webnlg-dataset`` on GitLab, folder ``webnlg_challenge_2017``).
+``--from PATH`` uses an already-downloaded folder or zip instead, with no network. Either way every file
+with a pinned SHA-256 (below) is checked and a mismatch stops with the file, the expected and the actual
+digest; files without a pinned digest are copied with a note printing their SHA-256 (so it can be pinned).
+Offline without ``--from``, the command fails within seconds and says what to download.
 
 Layout written: GLUE ``DIR/RTE/train.tsv`` ... (MRPC's train/dev split is rebuilt from
 ``msr_paraphrase_train.txt`` and ``dev_ids.tsv`` with the rule of GLUE's ``download_glue_data.py``); SQuAD
-``DIR/train-v1.1.json``, ``DIR/dev-v1.1.json`` (v2.0 likewise); SuperGLUE ``DIR/BoolQ/train.jsonl`` ...
+``DIR/train-v1.1.json``, ``DIR/dev-v1.1.json`` (v2.0 likewise); SuperGLUE ``DIR/BoolQ/train.jsonl`` ...;
+E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.csv``; WebNLG
+``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
+``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``). The NLG folders are then read with
+:mod:`lorakit.train.tasks.nlg_data` (a file that does not parse stops the command); a DART folder given with
+``--from`` may hold only some splits.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import socket
 import sys
@@ -40,15 +48,147 @@ class Source:
 
     folder: str
     urls: dict[str, str]
-    files: dict[str, str | None]
+    files: dict[str, str | tuple[str, ...] | None]  # None: not pinned; a tuple: any of these releases
     note: str = ""
     build: str = ""  # "mrpc": rebuild train/dev from the MSR file and the dev ids
     extra: dict[str, str | None] = field(default_factory=dict)  # inputs of `build`, with their digests
+    optional: tuple[str, ...] = ()  # files that may be missing (noted, not an error)
+    partial: bool = False  # with --from: any file may be missing, as long as one is found
+    reader: str = ""  # NLG dataset name: check the prepared folder with lorakit.train.tasks.nlg_data
 
 
 _GLUE = "https://dl.fbaipublicfiles.com/glue/data/"
 _SUPERGLUE = "https://dl.fbaipublicfiles.com/glue/superglue/data/v2/"
 _SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
+_E2E = "https://raw.githubusercontent.com/tuetschek/e2e-dataset/ab0d967dd5729ce455ef14ba9ffafc456a335264/"
+# The official WebNLG dataset repository (GitHub copies such as fuzihaofzh/webnlg-dataset hold the same files).
+_WEBNLG = "https://gitlab.com/shimorina/webnlg-dataset/-/raw/master/webnlg_challenge_2017/"
+_DART = "https://raw.githubusercontent.com/Yale-LILY/dart/bb644b12ec1d0264f96a31145534b9a94f6ff5f5/data/v1.1.1/"
+
+# WebNLG 2017 challenge train/dev XML files: "split n-triples category sha256"; the file is
+# {split}/{n}triples/{n}triples_{category}_{split}_challenge.xml (n = 1: 1triple_allSolutions_{category}_...).
+_WEBNLG_TABLE = """
+dev 1 Airport 93dd0a98791c9df1e5d53289840ec73c86e751cd892b5ebbd0070bb2b13bac99
+dev 1 Astronaut 520e3df154d02a585c9b16fcec1e2a983fa5a13ab52c12cc64b43ce808c05e8e
+dev 1 Building ed15a33716191fe5a24f6b366292e50e4444e1f80b1cee3e99834b7561c81b8b
+dev 1 City e31d134b3a45140cc61093be0d17249e6b6ca356e50b81a2f48352536ecb2dac
+dev 1 ComicsCharacter 984cfc0c4862e9ffd9c35a9402c24a17545754da95a09c0a23b1f0c5552e24e9
+dev 1 Food 7a8763f6a385ae219c7ec14db5062a2b2ec43d26c87639fe86731f9417001eb4
+dev 1 Monument 34168eb7e81478374f35e520680f91d1cce87268aa96b2f88ef2a094b1b6e371
+dev 1 SportsTeam 2febc7f2b1c68e15fcdabd2217e8e2d3af2a176599054a19134052abdcc9c17f
+dev 1 University 3babb23a13ed46443d06564e12579ce6a9165af6ca370c6cb48c2c03b55714c9
+dev 1 WrittenWork 5b8b1720cb95d767bdef1cc7d274406dbc16dc3e5aeafdd74e7d5fb51c08cb92
+dev 2 Airport f3031d4cf868fe7bbeeabe627c5ceed9289f70dd11bb34c19c8b70ef10a4695a
+dev 2 Astronaut 6ebd2f0875c22209e51f25f6a4895bf375514d8abbc1c218b0dcdad9e7487352
+dev 2 Building 2f38b2a8bc86635504c97cb137a01842e25d249f12171ce28137929c5e303711
+dev 2 ComicsCharacter 64b1b9d8cd805b5ae50ba879519be85471b1f32860184abcf9fdada455ab39ac
+dev 2 Food 008e8184db0b4798353bc6394e2a61757bd4068c134966fc380321ebe14f3e55
+dev 2 Monument 4ae6e1114fe0d15e85d9114bc677bf05bcea9b76000cc2831bb291373983fade
+dev 2 SportsTeam 60f6f4fdfda7b4594051e7a8e2cfef3a89bc72d0a81f20acacedc74adcd9a92b
+dev 2 University 5404aea185e3649536a7d39773ba66540598089772cbf53ce56769518cb54bfd
+dev 2 WrittenWork 66b1d1b60152a40cab369ae2a6120954779ce06369a81fc8e5c4ede6ec9543e2
+dev 3 Airport 00430e5312b17da56447f69deb3534c24c2161b50e48de7966b5b0c1fb10d315
+dev 3 Astronaut e78277b73024add17526aed538d675b7ef4d80a77f339db3ba51d248c14766cc
+dev 3 Building b36251a66dae3f562fe9e695073d65738094a63693a097e160ed3a11a51fd0a2
+dev 3 ComicsCharacter b54cb6dc47163810c759c081e226c58c2b2ef54505f64871653c929cfb5a26c6
+dev 3 Food 1b2f4e4d8949c0d7762976c4b8ee676469999fa268c9f70055341ea7b114897c
+dev 3 Monument e7198a1b7e8084555ae85489f6473e54830656f33fbd9ef1b7927331e6a6fa5c
+dev 3 SportsTeam 5f93f50c984911649a0b7ff2e85a1c22bfbf924c4a86f94716f31f85e74bb51f
+dev 3 University 5ffaad721ccd9a7d26cbaaf5ff4d8e72fd4f38a86da20ad7125bc16dada196b1
+dev 3 WrittenWork 49041cfa8a9ad15eff489cb968e522a3647beda7794230c490b46a3964b77ce7
+dev 4 Airport e17291f5d47a1254215afa852d4b0a2896b4ab4d1cf304ac56ee61e12d36f218
+dev 4 Astronaut 95be9ffdc2a70eb0dfa4be2381551e6d8a4280ab4da13113d4916002e5545d3c
+dev 4 Building ba1eaeef5b41d85543b68e71da80a152a04cf9d8383bedc61926168ff0bec3c3
+dev 4 ComicsCharacter 68563766d8044eb4cc7aeab14444b347fb7bbd73bb01e7b3c4b1c5c70ccc8829
+dev 4 Food 7b0be66dccbed8cc1f4ab2b43d299653278988f5969681920c69ae15a88bf646
+dev 4 Monument 65fc7b3ba50d35a1a6b62a0afc58b3d29283a550fa64ec36913d5ed2a3c4258f
+dev 4 SportsTeam 7cc6115ebfb378bd7b8440f0ea22021c18217d5339d4981936bca15b09706351
+dev 4 University 311403ad989530134d2e719a9fcdbf1dd641b2a61f869cd495a0a52d4a8a793f
+dev 4 WrittenWork 02b7fa944571729ce232ed80c4e7dee1bc8a5837a707e8b93d936e3788421b21
+dev 5 Airport b49c4a927e40b2f18d3caf4e16713d5f557e7fc528bbcfd080a20cc3123e18df
+dev 5 Astronaut 347ab9ad1d0620f26c1050644d76f9c1c2057fbea0eddc54e3587470b0f80784
+dev 5 Building 8f32c963c83e3aa5d170c8bbf48b54b3bc91d4fb071b6c7954d4af516e2dee44
+dev 5 ComicsCharacter c2a5c96467944649878051e32b00abc759bf6c97ce2eea8dfebecb74160200ff
+dev 5 Food 5fdcfadb78d061023abe94d61677f39d1eeb845208fa42e5c5862470dfa29483
+dev 5 Monument 60d1b0719a64f21f961a1f2fe52d9b6083f9f717d6b0f24546f9f90d0f358af2
+dev 5 SportsTeam 66bf78fab04c629e397f3dcb869cbb82147d08eb600e0e16277db164e3c4c8de
+dev 5 University a43f2eb627e363ff8fb3578b6aeec90b162844f27ebf66f376ae1c7097e8532c
+dev 5 WrittenWork 9794ef205ef91718b487177cb8eaabc870e32ff4d6d195d010c7c90b36f17dc9
+dev 6 Astronaut 5c6304c4e663c9004d07d2cb6048da388c92f9dc873c9759b626d1159a5bdc04
+dev 6 Monument 574e58cfbd6e72f3d0f14e92253b44a724b466e9553208392c773ae734269f0b
+dev 6 University 775690fa97aa672694252da917bff50f39447b415c61dd7a953df43b4690419d
+dev 7 Astronaut bab7560ca964cc5b7e20b2a2e33822fcc6ea372d2e9e036bec63ea177c10f4d7
+dev 7 Monument 4de385ac768c71ee86f0148c304fa0c2bd94b9f77d30aaf3601f719f4441ecf5
+dev 7 University f62020ba398dfbef68a74d470dc79f8fb6d27a675ae31a089e1e782f5ec6162f
+train 1 Airport 7a7ae89429f6b39de4a91709b7682d622bb3596f2026158f3e1726f16e5e1b8a
+train 1 Astronaut 4f256da55c70a3b50bd006f5c384b13ce75a914b7e1e8c19a607e8ebada309a2
+train 1 Building 88f6ebd60157abfeafc62a0396068ebe3eae7bf2f0dcbfa2107138eb90e1ce9f
+train 1 City 13adb0d860390f4866fdb5c1018532c51cf50ec123267b8e685b135afe2b86d4
+train 1 ComicsCharacter d5c1964b0a55c9443068516d7f4058e86a3d069b1570f679f7c4fe178480c769
+train 1 Food a64a70aa72bc2bacb28b61683a687f7345bc46a6aa6396bb6759730340123de9
+train 1 Monument 6988cb5f17c74abf6902cbca1ffd92594c252a9b685876ba461f68796d4c945b
+train 1 SportsTeam b548204ba4f2f4dd185771d7b0721046cbaaf25c7adf346b627b100c3a10b954
+train 1 University cffd2208345ca3367426fdafed3897d796254499a00ad2b977818ed15b407f79
+train 1 WrittenWork cb4102c666cbf99221ba1e03ef159e94c10107669fb28039ab43358e0b557664
+train 2 Airport a739392a1a316647adda0ba914ffa7a2e01f9369e545681493fc58604b8d9f08
+train 2 Astronaut c46d963888b96162737eef599cb509ec61ae7ac0b7576b50bb4a773c629a4f6c
+train 2 Building 29e2c3693ea085a0626689e5b216db97d22287e5c868232c3b7b73400e795b2a
+train 2 ComicsCharacter 504cd7686eed924c20886a1406d58c93cceed916c69eb110f32bd402445922a1
+train 2 Food d167bd310b4c590f2fb89f5a3c060697417f96e55e48405bd373d82a0c2b53bf
+train 2 Monument c72ce492b6175acee6323a561e462cc1728c5f4aa857c6d1613b113098fa842f
+train 2 SportsTeam ad40cfe2b743b9553b72583bb080aa05d070f11e41229ac63586f6adfe08c2e4
+train 2 University 8636876bf0867d82c467d4156dc633947e93d4c4b7b0a11ac5a10f5e900b4c43
+train 2 WrittenWork e33a3300735c0d5380a9ac30997ce918f2cda566974ba6ad2e9c69199fc495fe
+train 3 Airport a159f60f29160d2a4639cd47a172c0fb279b437bf8927598d35fb10a8132fc94
+train 3 Astronaut 6c1259cbc54d28ee728ccb6ed11fb6209bef42875de4a1b7936832585e5cb5ae
+train 3 Building f7365d94733f5c17488ba7f4d4ff81b603dc2abcf7d6a61e670e30998e19a30c
+train 3 ComicsCharacter 63d3b880e723f3a60c8d9523fbed1dd8baea87a05716fd0274d4c50dac35f0aa
+train 3 Food d8845a3db25eca48502da20f828819d6dce20a2e6c6ca1fe390ea439c27145ac
+train 3 Monument adadc1c4c592fd27fc78393d851729a5aca55b3db2b2390afe8485caa49a6f2f
+train 3 SportsTeam f5ff678418c661a57c22b501a1cfb6f8f5d879b2737c680a4e0d7d5ab9c107ab
+train 3 University b0dce6f94b1e35e9e08a7bc8738503112091fd95753cf7f0e7565361070a6363
+train 3 WrittenWork 98baedc0f596786f9980c6eca6f04426896d8101bd81b3968d63bf46d10eee07
+train 4 Airport 5d061dc0e38c1fc908b7857a07250bfda10658c48e8b9c18367f605f53580f12
+train 4 Astronaut bc51f9a0eb205c7d51615bcc71d49d9e21b8cddb492085525acd5d15fa22f4a3
+train 4 Building cc500953cdfe383540356056a2b5cf8460e30ee6c815f5689b33a403bb8694e8
+train 4 ComicsCharacter 607f553f3327d52f3200bb45c532ea14295b95c7f3ee263952e8f537e040164f
+train 4 Food d09a516eb12f9e918b208128883a70490c9c00ae353bc93e332c3d8d13bc95a7
+train 4 Monument 8a101fbaac7064b86c6efa953a530737d14e8381a2747f2600cd640bbd33d9cb
+train 4 SportsTeam c1c1870ab97402249405f3e754697d060fd9bb2fa0654d1fa06a7b50162ab4f8
+train 4 University 32ee738e706086f147947469017c928893672bf07d5fc9165b8cfb295e0df26c
+train 4 WrittenWork e315ca9cab5fa17baee7290f6b5892ebd8785309891f0ddbaa9b516b2f3f0940
+train 5 Airport d51ebfa7f1087395016c3d71810fcc9ba46a2ec0e7d4ad2218ce82ffc06f24c4
+train 5 Astronaut 9f7a4c0ff9b01532eb58982aec4d39c8432d8f1f301eb4b06c8cb93d988e573c
+train 5 Building 855549851647bd6f0bbf71ae39f09e3503178725e87fbfb5b71151634dc2d815
+train 5 ComicsCharacter b8c0c8b07a57d11cd56eb15ff59c632391bf6a83c23f7a9510012bda9df3ec97
+train 5 Food 3b7928c106477ab087160a8c4cc6add30b3252110440c51f856e23fdd7b8952e
+train 5 Monument 326e5f85bc39c1e51a6e084702b8dc06b1a6e9664b11aeb174afcd253305c4cf
+train 5 SportsTeam 5ab12a09008403ba5260314be64a0f3d7a5c4e35ee34c80e4c2b3c225c250d21
+train 5 University a60db97dcf6ba06b638c1b929c534a4fdf613eab0fe3cefbb73de090ccbaa423
+train 5 WrittenWork 93e6c1ebc54e9c72af6a12c3e222cd92376cec6cbf3ee3401f8d953ff2c0729b
+train 6 Astronaut cd94f27fe3f279c8fca04add2d147084698c290c9cf1d5d4c31c1edc059c88b3
+train 6 Monument 9db9aa64374bf9edd2476f640b4b86ee75889c1291f6895d9b86154e1c46a649
+train 6 University 298ae9cde5b66c05f832b830c980b3e2b3e300e7547e1219af2e08b0b8d7812f
+train 7 Astronaut 278ef7856ebe368829788310717b87e9885be0eb0e4522b08018dff4054e6b6d
+train 7 Monument 6c6c45a02e3212dfeffe682d42eb1dda3d351a5161f01e6cb1f807edca02f9b6
+train 7 University f859a37d51c42cbb1bdbbdd176b713e2ba2a563d14fdd7bfd2fb4f393f0392c0
+"""
+
+
+def _webnlg_files() -> dict[str, str | tuple[str, ...] | None]:
+    files: dict[str, str | tuple[str, ...] | None] = {}
+    for row in _WEBNLG_TABLE.strip().splitlines():
+        split, n, category, digest = row.split()
+        stem = "1triple_allSolutions" if n == "1" else f"{n}triples"
+        files[f"{split}/{n}triples/{stem}_{category}_{split}_challenge.xml"] = digest
+    files["test/testdata_with_lex.xml"] = "43287905cbfe47697232d569ea6ff072d598282da2ea022bc435ca26b943cd93"
+    files["test/testdata_unseen_with_lex.xml"] = "c6915ead1319b8e59aaff4708cafbc6a9d805069f4e70b674637a8012fc58de5"
+    files["test/testdata_no_lex.xml"] = "8020aabab38bf70cffb3e5ff2ae9301c318ac39867f148d60a27bfd32a583757"
+    return files
+
+
+_WEBNLG_FILES = _webnlg_files()
+_DART_NAMES = tuple(f"dart-v1.1.1-full-{split}.{ext}" for ext in ("json", "xml") for split in ("train", "dev", "test"))
 
 # SHA-256 of the official files, as verified against the GLUE/PaddleNLP MD5 checksums (see the data
 # MANIFEST of this project); None: not pinned yet.
@@ -83,6 +223,22 @@ SOURCES: dict[str, Source] = {
                     {"train.jsonl": None, "val.jsonl": None, "test.jsonl": None})
        for name, folder in (("boolq", "BoolQ"), ("cb", "CB"), ("copa", "COPA"), ("superglue_rte", "RTE"),
                             ("wic", "WiC"), ("wsc", "WSC"), ("multirc", "MultiRC"), ("record", "ReCoRD"))},
+    "e2e": Source("e2e", {name: _E2E + name for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv",
+                                                          "testset.csv")},
+                  {"trainset.csv": "f27d48df45815288ab15619d47a79028c300fbb7f42e373668aba0b98c1d57c6",
+                   "devset.csv": "fc26b78cdb849c80545f513b223d1e051138b43882eeb79e3eb153e689c864f9",
+                   "testset_w_refs.csv": "edc8db685e39bb9824d5bd70c18b1c9b0412d14b527aa960e2d1c8251ee15ccd",
+                   "testset.csv": "9b90c8f88feae14d9e1ef37350b14d17294c5958e90a3f1a7846590ee97bdbb9"},
+                  reader="e2e"),
+    "webnlg": Source("webnlg_challenge_2017", {name: _WEBNLG + name for name in _WEBNLG_FILES}, _WEBNLG_FILES,
+                     reader="webnlg"),
+    # JSON is what LoRA used; dev: the 2020 release (LoRA's copy, LF) or the 2021 re-export (CRLF), same JSON.
+    "dart": Source("dart", {name: _DART + name for name in _DART_NAMES if name.endswith(".json")},
+                   {**dict.fromkeys(_DART_NAMES),
+                    "dart-v1.1.1-full-dev.json": ("5038f3543b6d59b94ac4e3f69d15a0b01d8578913f862142e7c560200dd6e434",
+                                                  "56606eac12baa7f0ddb81c61890f9f1a95bace4df8f8989852786358fe5d2b88"),
+                    "dart-v1.1.1-full-test.xml": "4f6994d633030278798c114555549a13202780fe0d78ee2e7ac7dcce45a8e233"},
+                   optional=tuple(n for n in _DART_NAMES if n.endswith(".xml")), partial=True, reader="dart"),
 }
 
 
@@ -94,13 +250,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check(path: Path, expected: str | None, say) -> None:
+def _check(path: Path, expected: str | tuple[str, ...] | None, say) -> None:
     actual = _sha256(path)
-    if expected is None:
+    accepted = (expected,) if isinstance(expected, str) else expected
+    if accepted is None:
         say(f"note: {path.name}: no pinned checksum; sha256 {actual}")
-    elif actual != expected:
-        raise PrepareError(f"{path}: checksum mismatch (sha256 {actual}, expected {expected}); the file is not the "
-                           "official release (damaged download or another version); delete it and try again")
+    elif actual not in accepted:
+        raise PrepareError(f"{path}: checksum mismatch (sha256 {actual}, expected {' or '.join(accepted)}); the file "
+                           "is not the official release (damaged download or another version); delete it and try "
+                           "again")
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -116,10 +274,13 @@ def _download(urls: dict[str, str], into: Path, say) -> None:
     first = next(iter(urls.values()))
     if not _reachable(first):
         host = urlparse(first).hostname
+        listed = ", ".join(urls.values()) if len(urls) <= 4 else \
+            f"the {len(urls)} files under {os.path.commonprefix(list(urls.values())).rsplit('/', 1)[0]}/"
         raise PrepareError(f"cannot reach {host} (offline?). On a machine with internet download "
-                           f"{', '.join(urls.values())} and pass the folder or zip with --from PATH")
+                           f"{listed} and pass the folder or zip with --from PATH")
     for name, url in urls.items():
         say(f"downloading {url}")
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
         try:
             with urllib.request.urlopen(url, timeout=60) as resp, open(into / name, "wb") as out:
                 shutil.copyfileobj(resp, out)
@@ -162,6 +323,23 @@ def _build_mrpc(train_txt: Path, dev_ids: Path, out: Path) -> None:
             (dev if (id1, id2) in ids else train).write(f"{label}\t{id1}\t{id2}\t{s1}\t{s2}\n")
 
 
+def _check_readable(dataset: str, folder: Path, say) -> None:
+    """Read every split of an NLG dataset found in ``folder`` with the project's reader; PrepareError if one
+    does not parse."""
+    from lorakit.train.tasks.nlg_data import DataError, find_split_file, read_split
+
+    for split in ("train", "dev", "test"):
+        try:
+            find_split_file(dataset, split, folder)
+        except DataError:
+            continue  # a split that is not there (DART from a partial folder)
+        try:
+            examples = read_split(dataset, split, folder)
+        except DataError as err:
+            raise PrepareError(f"{dataset} {split}: the files do not read: {err}") from err
+        say(f"{dataset} {split}: {len(examples)} inputs, {sum(len(e.references) for e in examples)} references")
+
+
 def prepare(task: str, to: str | Path, source: str | Path | None = None, say=print) -> Path:
     """Prepare ``task``'s files under ``to`` (from ``source`` when given, else downloaded); return the
     folder the task reads (``--data`` for it)."""
@@ -184,8 +362,9 @@ def prepare(task: str, to: str | Path, source: str | Path | None = None, say=pri
             if not src.exists():
                 raise PrepareError(f"--from {src}: no such file or folder")
             root = _unpack(src, tmp)
-            if spec.folder and (root / spec.folder).is_dir():
-                root = root / spec.folder
+            if spec.folder:  # a parent of the task folder, possibly inside an archive's top folder
+                nested = [root / spec.folder, *(p / spec.folder for p in sorted(root.iterdir()) if p.is_dir())]
+                root = next((p for p in nested if p.is_dir()), root)
         out.mkdir(parents=True, exist_ok=True)
         built = set()
         if spec.build == "mrpc" and not all(_find(root, n) for n in spec.files):
@@ -199,21 +378,30 @@ def prepare(task: str, to: str | Path, source: str | Path | None = None, say=pri
                 inputs[name] = found
             _build_mrpc(inputs["msr_paraphrase_train.txt"], inputs["dev_ids.tsv"], out)
             built = set(spec.files)
+        copied = 0
         for name, digest in spec.files.items():
             if name in built:
                 _check(out / name, digest, say)
                 continue
             found = _find(root, name)
             if found is None:
-                optional = name.startswith("test") or (source is not None and key.startswith("squad"))
-                if optional:  # SuperGLUE test files; a SQuAD folder may hold one split only
+                optional = ((name.startswith("test") and not spec.reader) or name in spec.optional
+                            or (source is not None and (key.startswith("squad") or spec.partial)))
+                if optional:  # SuperGLUE test files; a SQuAD or DART folder may hold some splits only
                     say(f"note: {name} not found under {root}; skipped")
                     continue
+                expected = ", ".join(spec.files) if len(spec.files) <= 8 else f"{len(spec.files)} files"
                 raise PrepareError(f"{name} not found under {root}; task {task!r} expects "
-                                   f"{', '.join(spec.files)}{f' in {spec.folder}/' if spec.folder else ''}")
+                                   f"{expected}{f' in {spec.folder}/' if spec.folder else ''}")
             _check(found, digest, say)
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             if found.resolve() != (out / name).resolve():
                 shutil.copyfile(found, out / name)
+            copied += 1
+        if spec.partial and not copied and not built:
+            raise PrepareError(f"none of {', '.join(spec.files)} found under {root}")
+    if spec.reader:
+        _check_readable(spec.reader, out, say)
     say(f"{task}: ready in {out} (pass --data {out})")
     return out
 
