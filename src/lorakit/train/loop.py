@@ -113,6 +113,8 @@ def train(
         # 2. model: seeded build, then the fine-tuning method decides what trains
         _seed_everything(cfg.training.seed, cfg.training.deterministic)
         model = build_configured_model(cfg, task)
+        if hasattr(task, "check_model"):  # e.g. sequences longer than the model's positions
+            task.check_model(model)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         params = _parameter_counts(model)
 

@@ -21,9 +21,10 @@ A task is an object with this contract (the loop calls nothing else):
 
 plus the attributes ``name``, ``num_labels`` (1 = regression, 0 = none: language models), ``main_metric``
 and optionally ``model_kind`` (``"classifier"``, the default: an encoder with a head; ``"causal_lm"``: a
-language model such as GPT-2) and ``metric_names`` (what ``metrics`` reports, when it cannot be called on
-dummy input). ``get_task(name, ...)`` returns a fresh task; ``task_from_config(cfg)`` one set up from a
-resolved experiment config; ``TASKS`` lists the names.
+language model such as GPT-2), ``metric_names`` (what ``metrics`` reports, when it cannot be called on
+dummy input) and ``check_model(model)`` (raise ``DataError`` before training when the encoded data
+cannot run on the model, e.g. sequences beyond its positions). ``get_task(name, ...)`` returns a fresh
+task; ``task_from_config(cfg)`` one set up from a resolved experiment config; ``TASKS`` lists the names.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ class NLGTask:
         self.eos_id: int | None = None
         self.pad_id = 0
         self.stop_sequences: list[list[int]] = []
+        self.longest = {"prompt": 0, "item": 0}  # tokens, over everything encoded so far
 
     # -- load / encode -------------------------------------------------------------------------------
     def load(self, split: str, data_dir: str | Path) -> list:
@@ -85,6 +86,7 @@ class NLGTask:
         items: list[dict] = []
         for e in examples:
             prompt = pre_ids + _ids(tokenizer, e.context)[:budget] + post_ids
+            self.longest["prompt"] = max(self.longest["prompt"], len(prompt))
             if not training:
                 items.append({"prompt_ids": prompt, "label": {"references": list(e.references),
                                                               "seen": e.seen, "source": e.source}})
@@ -99,7 +101,24 @@ class NLGTask:
             for ref in e.references:
                 completion = _ids(tokenizer, _completion_text(ref))[:room] + [self.eos_id]
                 items.append({"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion})
+                self.longest["item"] = max(self.longest["item"], len(prompt) + len(completion))
         return items
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse, before training, sequences the model cannot hold: the longest training item, and the
+        longest prompt plus ``generation.max_new_tokens``, against the model's positions."""
+        config = getattr(model, "config", None)
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if limit is None:
+            return
+        if self.longest["item"] > limit:
+            raise DataError(f"a training sequence has {self.longest['item']} tokens but the model holds {limit} "
+                            f"positions; lower data.max_length (now cutting at the longest item) to <= {limit}")
+        need = self.longest["prompt"] + int(self.generation["max_new_tokens"])
+        if need > limit:
+            raise DataError(f"the longest prompt ({self.longest['prompt']} tokens) plus generation.max_new_tokens "
+                            f"({self.generation['max_new_tokens']}) is {need} tokens, more than the model's {limit} "
+                            "positions; lower data.max_prompt_length or generation.max_new_tokens")
 
     def _bind_tokenizer(self, tokenizer: Any) -> None:
         """Remember the tokenizer for decoding and resolve EOS, padding and the stop strings' ids."""
