@@ -48,6 +48,15 @@ def _set_arg(parser: argparse.ArgumentParser) -> None:
                              "VALUE is JSON, else a string)")
 
 
+def _checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """Which checkpoint of a run (``--checkpoint`` / ``--average``), ``--data`` and ``--set``."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="step number or folder name (default: the latest)")
+    which.add_argument("--average", type=int, metavar="K", help="average the last K checkpoints")
+    parser.add_argument("--data", help="data folder (default: the run's data.dir)")
+    _set_arg(parser)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """``python main.py --config CONFIG --data DATA_DIR --workdir WORK_DIR [--set k=v] [--resume|--force]``"""
     parser = argparse.ArgumentParser(
@@ -82,12 +91,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lorakit eval",
                                      description="Evaluate a run's checkpoint, or the average of its last K.")
     parser.add_argument("workdir")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", help="step number or folder name (default: the latest)")
-    which.add_argument("--average", type=int, metavar="K", help="average the last K checkpoints")
+    _checkpoint_args(parser)
     parser.add_argument("--split", help="data split file to score (default: data.eval_split)")
-    parser.add_argument("--data", help="data folder (default: the run's data.dir)")
-    _set_arg(parser)
     args = parser.parse_args(argv)
     if args.average is not None and args.average < 1:
         return _error("--average must be >= 1", 2)
@@ -214,12 +219,8 @@ def generate_main(argv: list[str] | None = None) -> int:
                     "section) and write predictions, references and the metrics JSON.")
     parser.add_argument("--workdir", required=True, help="a run's workdir (its config.json is used)")
     parser.add_argument("--split", default="test", help="the split to predict (default: test)")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", help="step number or folder name (default: the latest)")
-    which.add_argument("--average", type=int, metavar="K", help="average the last K checkpoints")
     parser.add_argument("--out", help="output folder (default: WORKDIR/generate)")
-    parser.add_argument("--data", help="data folder (default: the run's data.dir)")
-    _set_arg(parser)
+    _checkpoint_args(parser)
     args = parser.parse_args(argv)
     if args.average is not None and args.average < 1:
         return _error("--average must be >= 1", 2)
