@@ -18,6 +18,16 @@ Version differences (v2.0, Rajpurkar et al., 2018):
 
 A question without a prediction scores 0 and stays in the denominator (the v1.1 script's rule); the
 number of such questions is returned as ``missing``.
+
+Natural Questions short answers (Kwiatkowski et al., 2019; the definition of the official ``nq_eval.py``):
+answers are compared as token spans of the document, not as text. An example has a gold short answer when
+at least 2 of its annotators gave one (a span or a yes/no answer; the 5-way annotated dev set) or, for an
+example with a single annotation (the train files), when that annotation has one. A non-null prediction
+is correct when the example has a gold short answer and the predicted span *set* equals the span set of
+one annotator (a yes/no prediction: one annotator's yes/no answer). Precision = correct / non-null
+predictions, recall = correct / examples with a gold short answer, F1 their harmonic mean; fractions in
+[0, 1] as ``nq_eval.py`` prints them, 0 when a denominator is 0. (``nq_eval.py``'s score-threshold sweeps,
+e.g. recall at precision 0.5, are not reproduced: every non-null prediction counts.)
 """
 
 from __future__ import annotations
@@ -30,10 +40,13 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "NQAnnotation",
     "SquadQuestion",
     "exact_match_score",
     "f1_score",
     "normalize_answer",
+    "nq_gold_has_short_answer",
+    "nq_short_answer_scores",
     "squad_questions",
     "squad_v1_scores",
     "squad_v2_scores",
@@ -209,3 +222,86 @@ def squad_v2_scores(
             out[f"{key}_total"] = count
     out["missing"] = missing
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Natural Questions short answers
+# --------------------------------------------------------------------------------------------------
+
+_YES_NO = ("NONE", "YES", "NO")
+
+
+@dataclass(frozen=True)
+class NQAnnotation:
+    """One annotator's short answer to a Natural Questions example: its spans (document token ``[start, end)``
+    pairs; several for answers such as lists) and its yes/no answer (``"NONE"``, ``"YES"`` or ``"NO"``)."""
+
+    short_answers: tuple[tuple[int, int], ...] = ()
+    yes_no_answer: str = "NONE"
+
+    @property
+    def non_null(self) -> bool:
+        """Whether this annotator gave a short answer: a span or a yes/no answer."""
+        return bool(self.short_answers) or self.yes_no_answer.upper() != "NONE"
+
+
+def nq_gold_has_short_answer(annotations: Sequence[NQAnnotation]) -> bool:
+    """NQ's gold rule: at least 2 annotators gave a short answer; with a single annotation, that one."""
+    needed = min(2, len(annotations))
+    return needed > 0 and sum(a.non_null for a in annotations) >= needed
+
+
+def _prediction(value: Any, example_id: str) -> tuple[frozenset[tuple[int, int]], str]:
+    """(span set, yes/no) of one prediction: None, "" or "NONE" (null), "YES"/"NO", one (start, end) span
+    or a sequence of spans; spans with a negative start (NQ's null span) are dropped."""
+    if value is None:
+        return frozenset(), "NONE"
+    if isinstance(value, str):
+        answer = value.strip().upper() or "NONE"
+        if answer not in _YES_NO:
+            raise ValueError(f"example {example_id!r}: a string prediction must be YES, NO or NONE, got {value!r}")
+        return frozenset(), answer
+    spans = [value] if len(value) == 2 and all(isinstance(x, int) for x in value) else list(value)
+    out = set()
+    for span in spans:
+        if len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span):
+            raise ValueError(f"example {example_id!r}: a span must be a (start_token, end_token) pair, got {span!r}")
+        if span[0] >= 0:
+            out.add((int(span[0]), int(span[1])))
+    return frozenset(out), "NONE"
+
+
+def nq_short_answer_scores(
+    gold: Mapping[str, Sequence[NQAnnotation]], predictions: Mapping[str, Any]
+) -> dict[str, float]:
+    """Natural Questions short-answer ``precision``, ``recall`` and ``f1`` (fractions, see the module docstring)
+    plus the counts ``examples``, ``gold_non_null``, ``pred_non_null`` and ``correct``.
+
+    ``gold``: example id -> its annotations; ``predictions``: example id -> ``None`` (no answer), a
+    ``(start_token, end_token)`` span, a sequence of spans, or ``"YES"``/``"NO"``. Both must hold the same
+    example ids (``nq_eval.py`` refuses otherwise); raises ValueError naming a few of the differences.
+    """
+    missing = sorted(set(gold) - set(predictions))
+    extra = sorted(set(predictions) - set(gold))
+    if missing or extra:
+        raise ValueError(f"the predictions and the gold annotations cover different examples: {len(missing)} without "
+                         f"a prediction (e.g. {missing[:3]}), {len(extra)} not in the gold data (e.g. {extra[:3]})")
+    if not gold:
+        raise ValueError("no examples to score")
+    has_gold = has_pred = correct = 0
+    for example_id, labels in gold.items():
+        spans, yes_no = _prediction(predictions[example_id], str(example_id))
+        gold_non_null = nq_gold_has_short_answer(labels)
+        pred_non_null = bool(spans) or yes_no != "NONE"
+        has_gold += gold_non_null
+        has_pred += pred_non_null
+        if gold_non_null and pred_non_null:
+            if yes_no != "NONE":
+                correct += any(a.yes_no_answer.upper() == yes_no for a in labels)
+            else:
+                correct += any(frozenset(a.short_answers) == spans for a in labels)
+    precision = correct / has_pred if has_pred else 0.0
+    recall = correct / has_gold if has_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall, "examples": len(gold), "gold_non_null": has_gold,
+            "pred_non_null": has_pred, "correct": correct}

@@ -313,20 +313,23 @@ class SquadTask:
         return out
 
     # -- metrics -----------------------------------------------------------------------------------
-    def answers(self, predictions: Sequence[SpanPrediction], question_ids: Sequence[str]) -> dict[str, str]:
-        """Question id -> answer text: the best window's span; for v2.0 ``""`` when no-answer scores higher."""
+    def best_spans(self, predictions: Sequence[SpanPrediction],
+                   question_ids: Sequence[str]) -> dict[str, SpanPrediction | None]:
+        """Question id -> the best window's span, or ``None`` for no answer (no valid span; for v2.0 also when
+        the question's lowest [CLS] score beats its best span)."""
         best: dict[str, SpanPrediction] = {}
         null: dict[str, float] = {}
         for p, qid in zip(predictions, question_ids, strict=True):
             if qid not in best or p.score > best[qid].score:
                 best[qid] = p
             null[qid] = min(null.get(qid, math.inf), p.null_score)
-        out = {}
-        for qid, p in best.items():
-            context = self._questions[qid][0]
-            no_answer = not math.isfinite(p.score) or (self.version == "2.0" and null[qid] > p.score)
-            out[qid] = "" if no_answer else context[p.start_char:p.end_char]
-        return out
+        return {qid: None if not math.isfinite(p.score) or (self.version == "2.0" and null[qid] > p.score) else p
+                for qid, p in best.items()}
+
+    def answers(self, predictions: Sequence[SpanPrediction], question_ids: Sequence[str]) -> dict[str, str]:
+        """Question id -> answer text: the best window's span; for v2.0 ``""`` when no-answer scores higher."""
+        return {qid: "" if p is None else self._questions[qid][0][p.start_char:p.end_char]
+                for qid, p in self.best_spans(predictions, question_ids).items()}
 
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         """Official SQuAD scores in percent: v1.1 ``exact_match``, ``f1``; v2.0 ``exact``, ``f1`` and the
