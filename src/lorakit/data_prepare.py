@@ -1,7 +1,9 @@
 """``lorakit data prepare TASK --to DIR [--from PATH]``: put a task's data where its plugin reads it.
 
 With internet, the files come from the canonical source (GLUE's and SuperGLUE's release zips, the
-SentEval copy of MRPC and GLUE's MRPC dev ids, the SQuAD explorer site; for the NLG datasets the official
+SentEval copy of MRPC and GLUE's MRPC dev ids, the SQuAD explorer site, the Natural Questions bucket
+``storage.googleapis.com/natural_questions``: the simplified train file and the original-format dev file
+``nq-dev-all.jsonl.gz``; for the NLG datasets the official
 repositories: E2E ``tuetschek/e2e-dataset`` and DART ``Yale-LILY/dart`` on GitHub, WebNLG 2017 the WebNLG
 dataset repository ``shimorina/webnlg-dataset`` on GitLab, folder ``webnlg_challenge_2017``).
 ``--from PATH`` uses an already-downloaded folder or zip instead, with no network. Either way every file
@@ -9,9 +11,11 @@ with a pinned SHA-256 (below) is checked and a mismatch stops with the file, the
 digest; files without a pinned digest are copied with a note printing their SHA-256 (so it can be pinned).
 Offline without ``--from``, the command fails within seconds and says what to download.
 
-Layout written: GLUE ``DIR/RTE/train.tsv`` ... (MRPC's train/dev split is rebuilt from
+Layout written: GLUE ``DIR/RTE/train.tsv`` ... (MNLI: ``DIR/MNLI/{train,dev_matched,dev_mismatched}.tsv``;
+QQP from GLUE's ``QQP-clean.zip``, QNLI from ``QNLIv2.zip``; MRPC's train/dev split is rebuilt from
 ``msr_paraphrase_train.txt`` and ``dev_ids.tsv`` with the rule of GLUE's ``download_glue_data.py``); SQuAD
-``DIR/train-v1.1.json``, ``DIR/dev-v1.1.json`` (v2.0 likewise); SuperGLUE ``DIR/BoolQ/train.jsonl`` ...;
+``DIR/train-v1.1.json``, ``DIR/dev-v1.1.json`` (v2.0 likewise); Natural Questions
+``DIR/nq/simplified-nq-train.jsonl.gz``, ``DIR/nq/nq-dev-all.jsonl.gz``; SuperGLUE ``DIR/BoolQ/train.jsonl`` ...;
 E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.csv``; WebNLG
 ``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
 ``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``). The NLG folders are then read with
@@ -60,6 +64,7 @@ class Source:
 _GLUE = "https://dl.fbaipublicfiles.com/glue/data/"
 _SUPERGLUE = "https://dl.fbaipublicfiles.com/glue/superglue/data/v2/"
 _SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
+_NQ = "https://storage.googleapis.com/natural_questions/v1.0-simplified/"
 _E2E = "https://raw.githubusercontent.com/tuetschek/e2e-dataset/ab0d967dd5729ce455ef14ba9ffafc456a335264/"
 # The official WebNLG dataset repository (GitHub copies such as fuzihaofzh/webnlg-dataset hold the same files).
 _WEBNLG = "https://gitlab.com/shimorina/webnlg-dataset/-/raw/master/webnlg_challenge_2017/"
@@ -189,6 +194,8 @@ def _webnlg_files() -> dict[str, str | tuple[str, ...] | None]:
 
 _WEBNLG_FILES = _webnlg_files()
 _DART_NAMES = tuple(f"dart-v1.1.1-full-{split}.{ext}" for ext in ("json", "xml") for split in ("train", "dev", "test"))
+_MNLI = Source("MNLI", {"MNLI.zip": _GLUE + "MNLI.zip"},
+               {"train.tsv": None, "dev_matched.tsv": None, "dev_mismatched.tsv": None})
 
 # SHA-256 of the official files, as verified against the GLUE/PaddleNLP MD5 checksums (see the data
 # MANIFEST of this project); None: not pinned yet.
@@ -214,11 +221,18 @@ SOURCES: dict[str, Source] = {
         build="mrpc",
         extra={"msr_paraphrase_train.txt": "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89",
                "dev_ids.tsv": "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7"}),
+    "qqp": Source("QQP", {"QQP-clean.zip": _GLUE + "QQP-clean.zip"}, {"train.tsv": None, "dev.tsv": None}),
+    "mnli": _MNLI,
+    "mnli_mm": _MNLI,  # the same files: dev_mismatched.tsv is read by task mnli_mm
+    "qnli": Source("QNLI", {"QNLIv2.zip": _GLUE + "QNLIv2.zip"}, {"train.tsv": None, "dev.tsv": None}),
     "squad": Source("", {"train-v1.1.json": _SQUAD + "train-v1.1.json", "dev-v1.1.json": _SQUAD + "dev-v1.1.json"},
                     {"train-v1.1.json": None,
                      "dev-v1.1.json": "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"}),
     "squad_v2": Source("", {"train-v2.0.json": _SQUAD + "train-v2.0.json", "dev-v2.0.json": _SQUAD + "dev-v2.0.json"},
                        {"train-v2.0.json": None, "dev-v2.0.json": None}),
+    # train: simplified layout; dev: the original layout (5 annotations per example), read as is by task nq
+    "nq": Source("nq", {name: _NQ + name for name in ("simplified-nq-train.jsonl.gz", "nq-dev-all.jsonl.gz")},
+                 {"simplified-nq-train.jsonl.gz": None, "nq-dev-all.jsonl.gz": None}, partial=True),
     **{name: Source(folder, {f"{folder}.zip": f"{_SUPERGLUE}{folder}.zip"},
                     {"train.jsonl": None, "val.jsonl": None, "test.jsonl": None})
        for name, folder in (("boolq", "BoolQ"), ("cb", "CB"), ("copa", "COPA"), ("superglue_rte", "RTE"),

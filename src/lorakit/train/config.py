@@ -101,6 +101,12 @@ SCHEMA: dict[str, Field] = {
                  "model's pooler output (untrained in sentence-transformers models: prefer 'mean')",
         ),
         classifier_dropout=Field("float", 0.1, min=0.0, max=1.0, max_exclusive=True),
+        init_from=Field(
+            "str", None, nullable=True,
+            help="a workdir (its final model: the checkpoints its results.json averaged, else the latest) or one "
+                 "checkpoint folder of another run whose LoRA weights, and the head when its shape matches, "
+                 "initialise this run before training (the paper's MNLI -> MRPC/RTE/STS-B)",
+        ),
     ),
     "method": _section(
         "how the model is fine-tuned: 'lora' (adapters; pretrained weights frozen), 'full' (every "
@@ -143,9 +149,9 @@ SCHEMA: dict[str, Field] = {
         "what is learned",
         name=Field(
             "str", "quickstart",
-            choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "squad", "squad_v2", "boolq", "cb", "copa",
-                     "superglue_rte", "wic", "wsc", "multirc", "record", "e2e", "webnlg", "dart",
-                     "wikitext", "enwik8", "text8", "text"),
+            choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "qqp", "mnli", "mnli_mm", "qnli", "squad",
+                     "squad_v2", "nq", "boolq", "cb", "copa", "superglue_rte", "wic", "wsc", "multirc", "record", "e2e",
+                     "webnlg", "dart", "wikitext", "enwik8", "text8", "text"),
             help="a task plugin from lorakit.train.tasks",
         ),
     ),
@@ -161,10 +167,11 @@ SCHEMA: dict[str, Field] = {
         max_eval_examples=Field("int", None, nullable=True, min=1),
         train_split=Field("str", "train"),
         eval_split=Field("str", "dev"),
-        doc_stride=Field("int", 128, min=0, help="squad: context tokens shared by consecutive windows"),
+        doc_stride=Field("int", 128, min=0, help="squad, nq: context tokens shared by consecutive windows"),
         max_query_length=Field("int", 64, nullable=True, min=1,
-                               help="squad: questions are cut to this many tokens (null: never cut)"),
-        max_answer_length=Field("int", 30, min=1, help="squad: the longest predicted answer, in tokens"),
+                               help="squad, nq: questions are cut to this many tokens (null: never cut)"),
+        max_answer_length=Field("int", 30, min=1, help="squad, nq: the longest predicted answer, in tokens"),
+        keep_html=Field("bool", False, help="nq: keep the HTML markup tokens (`<P>`, `</Table>` ...) in the context"),
         prompt_template=Field(
             "str", "{context}\n",
             help="e2e/webnlg/dart: the text the model continues; {context} is the linearised input (the "

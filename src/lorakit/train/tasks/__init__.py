@@ -33,23 +33,27 @@ from typing import Any
 
 from .glue import TASK_SPECS, DataError, GlueTask
 from .nlg import NLG_TASKS, NLGTask
+from .nq import NQTask
 from .squad import SQUAD_VERSIONS, SquadTask
 from .superglue import SUPERGLUE_SPECS, SuperGlueTask
 
-__all__ = ["DataError", "GlueTask", "NLGTask", "SquadTask", "SuperGlueTask", "TASKS", "get_task", "task_from_config"]
+__all__ = ["DataError", "GlueTask", "NLGTask", "NQTask", "SquadTask", "SuperGlueTask", "TASKS", "get_task",
+           "task_from_config"]
 
 LM_TASKS = ("wikitext", "enwik8", "text8", "text")
-TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, *SUPERGLUE_SPECS, *NLG_TASKS, *LM_TASKS)
+TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, "nq", *SUPERGLUE_SPECS, *NLG_TASKS, *LM_TASKS)
 
 _ALIASES = {"squadv2": "squad_v2", "squad2": "squad_v2", "squad_v1": "squad", "squadv1": "squad", "squad1": "squad",
-            "superglue/rte": "superglue_rte", "superglue-rte": "superglue_rte", "sg_rte": "superglue_rte"}
+            "superglue/rte": "superglue_rte", "superglue-rte": "superglue_rte", "sg_rte": "superglue_rte",
+            "mnlimm": "mnli_mm", "mnli_mismatched": "mnli_mm", "mnli_matched": "mnli", "mnlim": "mnli",
+            "natural_questions": "nq"}
 
 
 def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
-    """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``, ``squad``,
-    ``squad_v2``, SuperGLUE ``boolq``, ``cb``, ``copa``, ``superglue_rte``, ``wic``, ``wsc``, ``multirc``,
-    ``record``; NLG ``e2e``, ``webnlg``, ``dart`` (option ``generation``); language modelling ``wikitext``,
-    ``enwik8``, ``text8``, ``text`` (option ``stride``))."""
+    """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``, ``qqp``, ``mnli``,
+    ``mnli_mm``, ``qnli``, ``squad``, ``squad_v2``, ``nq`` (option ``keep_html``), SuperGLUE ``boolq``, ``cb``,
+    ``copa``, ``superglue_rte``, ``wic``, ``wsc``, ``multirc``, ``record``; NLG ``e2e``, ``webnlg``, ``dart`` (option
+    ``generation``); language modelling ``wikitext``, ``enwik8``, ``text8``, ``text`` (option ``stride``))."""
     key = _ALIASES.get(name.lower(), name.lower())
     key = key.replace("-", "").replace("superglue/", "").replace("glue/", "")
     key = _ALIASES.get(key, key)
@@ -61,6 +65,8 @@ def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
         return get_lm_task(key, label_smoothing=label_smoothing, **options)
     if key in SQUAD_VERSIONS:
         return SquadTask(key, label_smoothing=label_smoothing, **options)
+    if key == "nq":
+        return NQTask(key, label_smoothing=label_smoothing, **options)
     if key in SUPERGLUE_SPECS:
         return SuperGlueTask(SUPERGLUE_SPECS[key], label_smoothing=label_smoothing, **options)
     if key not in TASK_SPECS:
@@ -76,4 +82,6 @@ def task_from_config(cfg: Any) -> Any:
         options["generation"] = cfg.generation
     elif name in LM_TASKS:
         options["stride"] = cfg.data.stride
+    elif name == "nq":
+        options["keep_html"] = cfg.data.keep_html
     return get_task(name, label_smoothing=cfg.training.label_smoothing, **options)

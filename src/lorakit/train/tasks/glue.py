@@ -1,9 +1,11 @@
-"""GLUE tasks (CoLA, SST-2, MRPC, STS-B, RTE) and the built-in ``quickstart`` task, from TSV files.
+"""GLUE tasks (CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE) and the built-in ``quickstart`` task, from TSV files.
 
 The data folder holds ``train.tsv`` and ``dev.tsv`` in the official GLUE layout (as produced by the
 GLUE download script); the folder may be the task's own (``.../glue/RTE``) or its parent
-(``.../glue``, then the task's subfolder is used). ``quickstart`` reads the same kind of file
-(``sentence<TAB>label``, with a header) from ``data/quickstart``.
+(``.../glue``, then the task's subfolder is used). MNLI has two dev files: split ``dev`` reads
+``dev_matched.tsv`` for task ``mnli`` and ``dev_mismatched.tsv`` for ``mnli_mm`` (both read ``MNLI/``; the
+splits ``dev_matched`` and ``dev_mismatched`` can also be named directly). ``quickstart`` reads the same kind
+of file (``sentence<TAB>label``, with a header) from ``data/quickstart``.
 
 The model the loop builds maps ``input_ids``, ``attention_mask``, ``token_type_ids`` (each
 ``(batch, seq)``) to ``logits`` ``(batch, num_labels)``; ``num_labels == 1`` means regression (STS-B).
@@ -50,6 +52,7 @@ class TaskSpec:
     header: bool
     main_metric: str
     score_range: tuple[float, float] = (0.0, 5.0)  # regression only
+    dev_file: str = "dev"  # the file stem split "dev" reads (MNLI: dev_matched / dev_mismatched)
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -61,6 +64,13 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "stsb": TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, True, "pearson"),
     "rte": TaskSpec("rte", "RTE", ("sentence1", "sentence2"), "label",
                     ("entailment", "not_entailment"), True, "acc"),
+    "qqp": TaskSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), True, "acc"),
+    "mnli": TaskSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label",
+                     ("contradiction", "entailment", "neutral"), True, "acc", dev_file="dev_matched"),
+    "mnli_mm": TaskSpec("mnli_mm", "MNLI", ("sentence1", "sentence2"), "gold_label",
+                        ("contradiction", "entailment", "neutral"), True, "acc", dev_file="dev_mismatched"),
+    "qnli": TaskSpec("qnli", "QNLI", ("question", "sentence"), "label",
+                     ("entailment", "not_entailment"), True, "acc"),
 }
 
 
@@ -77,16 +87,18 @@ class GlueTask:
 
     # -- load --------------------------------------------------------------------------------------
     def split_path(self, split: str, data_dir: str | Path) -> Path:
-        """The TSV file of ``split``; accepts the task folder or a GLUE root holding it."""
+        """The TSV file of ``split``; accepts the task folder or a GLUE root holding it. Split ``dev`` reads
+        ``spec.dev_file`` (MNLI: ``dev_matched.tsv`` / ``dev_mismatched.tsv``)."""
         data_dir = Path(data_dir)
+        stem = self.spec.dev_file if split == "dev" else split
         if not data_dir.is_dir():
-            raise DataError(f"data folder not found: {data_dir} (pass --data DIR holding {split}.tsv)")
+            raise DataError(f"data folder not found: {data_dir} (pass --data DIR holding {stem}.tsv)")
         for folder in (data_dir, data_dir / self.spec.folder):
-            if (folder / f"{split}.tsv").is_file():
-                return folder / f"{split}.tsv"
+            if (folder / f"{stem}.tsv").is_file():
+                return folder / f"{stem}.tsv"
         raise DataError(
-            f"no {split}.tsv for task {self.name!r} in {data_dir} (nor in {data_dir / self.spec.folder}); "
-            "expected the GLUE layout: DIR/train.tsv and DIR/dev.tsv"
+            f"no {stem}.tsv for task {self.name!r} in {data_dir} (nor in {data_dir / self.spec.folder}); "
+            f"expected the GLUE layout: DIR/train.tsv and DIR/{self.spec.dev_file}.tsv"
         )
 
     def load(self, split: str, data_dir: str | Path) -> list[Example]:
@@ -203,7 +215,7 @@ class GlueTask:
 
     # -- metrics -----------------------------------------------------------------------------------
     def metrics(self, predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
-        """GLUE's metrics for the task: ``acc`` (+ ``f1`` for MRPC), ``mcc`` for CoLA, ``pearson`` and
+        """GLUE's metrics for the task: ``acc`` (+ ``f1`` for MRPC and QQP), ``mcc`` for CoLA, ``pearson`` and
         ``spearmanr`` for STS-B. The main metric is ``self.main_metric``."""
         return _glue_metrics(self.name, list(predictions), list(references))
 
@@ -237,7 +249,7 @@ def _glue_metrics(task: str, preds: list, refs: list) -> dict[str, float]:
         den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
         return {"mcc": (tp * tn - fp * fn) / den if den else 0.0}
     out = {"acc": sum(a == b for a, b in zip(p, r, strict=False)) / max(len(r), 1)}
-    if task == "mrpc":
+    if task in ("mrpc", "qqp"):
         out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return out
 
