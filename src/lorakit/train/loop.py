@@ -39,6 +39,7 @@ from .tasks import DataError, task_from_config
 
 __all__ = [
     "train", "evaluate_workdir", "generate_workdir", "predict_dataset", "build_model", "build_configured_model",
+    "init_from_run",
     "load_tokenizer", "SequenceClassifier", "TrainingError",
     "ModelLoadError", "WorkdirError", "NonFiniteLossError", "RUN_OUTPUTS",
 ]
@@ -113,6 +114,7 @@ def train(
         # 2. model: seeded build, then the fine-tuning method decides what trains
         _seed_everything(cfg.training.seed, cfg.training.deterministic)
         model = build_configured_model(cfg, task)
+        init_info = init_from_run(model, cfg, say) if cfg.model.init_from is not None else None
         if hasattr(task, "check_model"):  # e.g. sequences longer than the model's positions
             task.check_model(model)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -227,7 +229,7 @@ def train(
             "name": cfg.name, "task": task.name, "method": cfg.method.name, "main_metric": _main_metric(cfg, task),
             "steps": state.step, "total_steps": total_steps, "stopped_early": state.stopped_early,
             "baseline": state.baseline, "final": final, "averaged": averaged,
-            "best": {"step": state.best_step, "value": state.best_metric},
+            "best": {"step": state.best_step, "value": state.best_metric}, "init_from": init_info,
             "parameters": params, "adapter_bytes": _dir_file_size(kept[-1].path, ckpt.MODEL_FILE) if kept else None,
             "wall_time_s": time.time() - t_start, "train_time_s": train_time,
             "world_size": dinfo.world_size, "device": device.type, "versions": _versions(),
@@ -527,6 +529,86 @@ def _apply_baseline(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> No
         apply_baseline(model, mcfg)
     except MethodError as err:
         raise TrainingError(f"method: {err}") from None
+
+
+def init_from_run(model: nn.Module, cfg: Section, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """``model.init_from``: initialise the freshly built ``model`` with another run's trained tensors.
+
+    The source is a workdir (its final model: the checkpoints its ``results.json`` averaged when they are all
+    still there, else its latest checkpoint) or one checkpoint folder (``step-NNNNNNN/``). Every source tensor
+    that trains in this run under the same name and shape is copied in (LoRA's A and B, the head, modules to
+    save). A head tensor of another shape (another number of labels: MNLI's 3 -> MRPC's 2) is skipped with a
+    note and starts fresh. Refused with ``TrainingError``: a folder without a complete checkpoint, other shapes
+    outside the head (another rank), source tensors this model lacks outside the head (other target modules),
+    and tensors that are frozen here (this run's checkpoints would not keep them). Returns what was loaded.
+    """
+    source = Path(cfg.model.init_from).expanduser()
+    paths = _init_checkpoints(source)
+    state = ckpt.average_checkpoints(paths) if len(paths) > 1 else ckpt.load_model_state(paths[0])
+    params = dict(D.unwrap(model).named_parameters())
+    head = head_names(model, cfg)
+    in_head = lambda name: any(name == h or name.startswith(h + ".") for h in head)  # noqa: E731
+    where = paths[0] if len(paths) == 1 else f"the average of {', '.join(p.name for p in paths)} in {paths[0].parent}"
+    loaded, skipped, unknown, frozen = {}, [], [], []
+    for name, tensor in state.items():
+        param = params.get(name)
+        if param is None:
+            (skipped if in_head(name) else unknown).append(name)
+        elif tuple(param.shape) != tuple(tensor.shape):
+            if not in_head(name):
+                raise TrainingError(
+                    f"model.init_from: tensor {name!r} has shape {tuple(tensor.shape)} in {where} but "
+                    f"{tuple(param.shape)} in this model; the runs differ in rank or model. Use a source run with "
+                    "the same model and method settings")
+            skipped.append(name)
+            say(f"note: model.init_from: {name} skipped (shape {tuple(tensor.shape)} there, {tuple(param.shape)} "
+                "here: another number of labels); it starts fresh")
+        elif not param.requires_grad:
+            frozen.append(name)
+        else:
+            loaded[name] = tensor
+    if frozen:
+        raise TrainingError(
+            f"model.init_from: {len(frozen)} tensors of {where} are frozen in this run (e.g. {frozen[0]!r}) and "
+            f"its checkpoints would not keep them; method {cfg.method.name!r} trains other tensors than the source run")
+    if unknown:
+        raise TrainingError(f"model.init_from: {len(unknown)} tensors of {where} do not exist in this model (e.g. "
+                            f"{unknown[0]!r}); the source run adapted other modules (method.target_modules) or used "
+                            "another method")
+    if not loaded:
+        raise TrainingError(f"model.init_from: no tensor of {where} fits this model (all {len(state)} skipped)")
+    with torch.no_grad():
+        for name, tensor in loaded.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    fresh = sum(1 for n, p in params.items() if p.requires_grad and n not in loaded)
+    say(f"model.init_from: {len(loaded)} tensors from {where}"
+        + (f"; {fresh} trainable tensors start fresh" if fresh else ""))
+    return {"source": str(source), "checkpoints": [str(p) for p in paths], "loaded": sorted(loaded),
+            "skipped": sorted(skipped)}
+
+
+def _init_checkpoints(source: Path) -> list[Path]:
+    """The checkpoint folder(s) ``model.init_from`` names: itself, or a workdir's final model."""
+    if not source.exists():
+        raise TrainingError(f"model.init_from: {source} does not exist (give another run's workdir or one of its "
+                            "checkpoint folders, e.g. WORKDIR/checkpoints/step-0001000)")
+    if ckpt._read_meta(source) is not None:
+        return [source]
+    root = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+    found = ckpt.list_checkpoints(root)
+    if not found:
+        raise TrainingError(
+            f"model.init_from: {source} holds no complete checkpoint; expected a run's workdir (with "
+            "checkpoints/step-NNNNNNN/) or one checkpoint folder (model.safetensors and meta.json). Has the source "
+            "run saved a checkpoint yet?")
+    try:
+        averaged = json.loads((source / "results.json").read_text(encoding="utf-8"))["averaged"]["checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError):
+        averaged = []
+    by_step = {c.step: c.path for c in found}
+    if averaged and all(step in by_step for step in averaged):
+        return [by_step[step] for step in averaged]
+    return [found[-1].path]
 
 
 def build_optimizer(model: nn.Module, ocfg: Section) -> torch.optim.Optimizer:
