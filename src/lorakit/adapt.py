@@ -245,7 +245,8 @@ class LoraModule(MergeableWeight, nn.Module):
         self.rank: dict[str, int] = {}
         self.slices: dict[str, list[bool] | None] = {}
         self.active_adapters: list[str] = []
-        self.row_plan: tuple[Tensor, Tensor, Tensor] | None = None  # set by adapter_batch()
+        self.row_plan: RowPlan | None = None  # set by adapter_batch()
+        self._adapter_bank: AdapterBank | None = None  # mixed-batch stacks, reused across adapter_batch entries
         self._init_merge_state()
 
     # -- what each wrapper kind provides -------------------------------------------------------
@@ -321,6 +322,7 @@ class LoraModule(MergeableWeight, nn.Module):
             with torch.no_grad():
                 norm = self.dora_row_norm(name)
             self.lora_magnitude_vector[name] = nn.Parameter(norm)
+        self._adapter_bank = None
         if activate:
             self.active_adapters.append(name)
         if self.merged:
@@ -347,6 +349,7 @@ class LoraModule(MergeableWeight, nn.Module):
             table.pop(name, None)
         for buffer in (f"slice_mask_{name}", f"pissa_init_A_{name}", f"pissa_init_B_{name}"):
             self._buffers.pop(buffer, None)
+        self._adapter_bank = None
         if name in self.active_adapters:
             self.active_adapters.remove(name)
         if self.merged:
@@ -464,20 +467,22 @@ class LoraLinear(LoraModule):
         return out
 
     def _forward_mixed(self, x: Tensor) -> Tensor:
-        """Row i of the batch uses adapter slot ``row_index[i]``: one gathered batched matmul per layer."""
-        row_index, a_stack_t, bt_stack = self.row_plan  # (rows,), (slots, in, R), (slots, R, out) * scaling
+        """x: (rows, ..., in) -> (rows, ..., out); row i uses the adapter of plan row ``i // (rows / n)``.
+
+        One gathered batched matmul per layer, added in place into the fresh base output. With ``n`` plan
+        rows and ``rows = k * n`` batch rows (``k`` > 1: beams laid out with ``repeat_interleave``), the
+        ``k`` consecutive rows of a plan row share its adapter and are one (k * tokens, in) block of the bmm.
+        """
+        plan = self.row_plan
         base = self._forward_with_weight(x, self._pretrained_weight())
-        rows = x.shape[0]
-        if rows != row_index.numel():
-            if rows % row_index.numel():
-                raise ValueError(
-                    f"adapter_batch was given {row_index.numel()} row names but the batch has {rows} rows"
-                )
-            row_index = row_index.repeat_interleave(rows // row_index.numel())  # e.g. beams in generate()
-        x3 = x.reshape(rows, -1, x.shape[-1])
-        x_a = torch.bmm(x3, a_stack_t[row_index])  # (rows, seq, R)
-        out = torch.baddbmm(base.reshape(rows, -1, base.shape[-1]), x_a, bt_stack[row_index])
-        return out.view(base.shape)
+        n, rows = plan.rows, x.shape[0]
+        if rows % n:
+            raise ValueError(f"adapter_batch was given {n} row names but the batch has {rows} rows")
+        a, bt = plan.stacks()  # (n, R, in), scaling * B^T: (n, R, out)
+        x_a = torch.bmm(x.reshape(n, -1, x.shape[-1]), a.transpose(1, 2))  # (n, k * tokens, R)
+        # F.linear's output is fresh and contiguous: accumulate into it instead of allocating another
+        base.view(n, -1, base.shape[-1]).baddbmm_(x_a.to(base.dtype), bt.to(base.dtype))
+        return base
 
 
 class LoraEmbedding(LoraModule):
@@ -805,10 +810,14 @@ def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[fl
 def adapter_batch(model: nn.Module, names_per_row: list[str]):
     """Within the block, batch row i runs with adapter ``names_per_row[i]`` (``"__base__"``: none).
 
-    Inference only. Each linear LoRA module stacks the named adapters' A and B (ranks padded with
-    zeros) once on entry and serves the batch with one gathered batched matmul, so the cost does not
-    grow with the number of distinct adapters. Works around ``model(...)`` and ``model.generate(...)``
-    (rows repeated for beams are followed).
+    Inference only. Each linear LoRA module serves the batch with one gathered batched matmul, so the
+    cost does not grow with the number of distinct adapters. The module's adapters are stacked (ranks
+    padded with zeros) into an :class:`AdapterBank` that is kept between entries and rebuilt only when
+    an adapter is added, deleted or changed (see :class:`AdapterBank` for what counts as a change);
+    entering the block then only builds each module's :class:`RowPlan`. Works around ``model(...)`` and
+    ``model.generate(...)``: a batch of ``k * len(names_per_row)`` rows (beams laid out with
+    ``repeat_interleave``, prompt i owning rows ``i * k .. (i + 1) * k - 1``) gives prompt i's adapter to
+    all of its rows.
     """
     names_per_row = list(names_per_row)
     if model.training:
@@ -818,41 +827,148 @@ def adapter_batch(model: nn.Module, names_per_row: list[str]):
     _check_known(model, names_per_row, allow_base=True)
     slots = list(dict.fromkeys(names_per_row))
     saved = []
+    index_cache: dict = {}  # modules holding the same adapters share one row index
     try:
         for path, module in lora_modules(model):
             used = [n for n in slots if n in module.lora_A]
-            if not used:
-                continue
-            if not isinstance(module, LoraLinear):
+            if used and not isinstance(module, LoraLinear):
                 raise ValueError(f"{path}: mixed-adapter batches support linear layers; this adapts a "
                                  f"{type(module.base_layer).__name__}")
             if any(n in module.lora_magnitude_vector for n in used):
                 raise ValueError(f"{path}: mixed-adapter batches do not support DoRA adapters")
-            saved.append((module, module.merged))
+            saved.append((module, module.merged, module.active_adapters))
             module.unmerge()
-            module.row_plan = _row_plan(module, slots, names_per_row)
+            if used:
+                module.row_plan = _row_plan(module, names_per_row, index_cache)
+            else:  # none of the rows' adapters is here: every row runs the base layer, whatever is active
+                module.active_adapters = []
         yield model
     finally:
-        for module, merged in saved:
+        for module, merged, active in saved:
             module.row_plan = None
+            module.active_adapters = active
             if merged:
                 module.merge()
 
 
-def _row_plan(module: LoraLinear, slots: list[str], names_per_row: list[str]) -> tuple[Tensor, Tensor, Tensor]:
-    """(row slot index (rows,), stacked A^T (slots, in, R), stacked scaling * B^T (slots, R, out))."""
-    weight = module.lora_A[next(n for n in slots if n in module.lora_A)]
-    rank = max(module.lora_A[n].shape[0] for n in slots if n in module.lora_A)
-    a_t = weight.new_zeros(len(slots), module.fan_in, rank)
-    b_t = weight.new_zeros(len(slots), rank, module.fan_out)
-    with torch.no_grad():
-        for i, name in enumerate(slots):
-            if name in module.lora_A:
-                r = module.lora_A[name].shape[0]
-                a_t[i, :, :r] = module.lora_A[name].t()
-                b_t[i, :r, :] = module.dense_b(name).t() * module.scaling[name]
-    index = torch.tensor([slots.index(n) for n in names_per_row], device=weight.device)
-    return index, a_t, b_t
+@dataclasses.dataclass(frozen=True)
+class AdapterBank:
+    """Every plain (non-DoRA) adapter of one linear LoRA module, stacked for mixed-adapter batches.
+
+    ``names[i]`` occupies slot i of ``a``: (slots + 1, R, in), its A (rows past its rank zero), and of
+    ``bt``: (slots + 1, R, out), its scaling * B^T (dense B for sliced adapters; rows past its rank zero);
+    the last slot is all zeros (``"__base__"`` and adapters this module does not hold). R is the largest
+    rank; ``ranks[i]`` is the rank of ``names[i]``.
+
+    ``key`` records what the stacks were built from: per adapter its name, scaling and the ``data_ptr`` and
+    version counter (``Tensor._version``) of A and B, plus dtype and device. Any in-place change of a LoRA
+    weight (``copy_`` under ``torch.no_grad()``, an optimizer step, ``load_state_dict``, ``hotswap_adapter``),
+    a new tensor (``.to()``, ``p.data = t``), a changed scaling, or adding / deleting an adapter (which
+    drops the bank) makes the next :func:`adapter_batch` rebuild it. Writes through ``p.data`` (e.g.
+    ``p.data.copy_(t)``) do not advance the version counter and are not seen: call
+    :func:`clear_adapter_banks` after them.
+    """
+
+    key: tuple
+    names: tuple[str, ...]
+    ranks: tuple[int, ...]
+    a: Tensor
+    bt: Tensor
+
+
+@dataclasses.dataclass
+class RowPlan:
+    """Which bank slot each of the ``rows`` named batch rows uses, and the gathered stacks for them.
+
+    ``index``: (rows,) slot per row; ``rank``: the largest rank among the rows' adapters (the stacks are
+    cut to it). :meth:`stacks` returns (A: (rows, rank, in), scaling * B^T: (rows, rank, out)): views of the
+    bank when the rows use consecutive slots, else gathered once when small (at most
+    :data:`PLAN_GATHER_BYTES`), otherwise on every call.
+    """
+
+    bank: AdapterBank
+    index: Tensor
+    rank: int
+    gathered: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.index.numel()
+
+    def gather(self) -> tuple[Tensor, Tensor]:
+        with torch.inference_mode(False), torch.no_grad():
+            return (self.bank.a[:, : self.rank].index_select(0, self.index),
+                    self.bank.bt[:, : self.rank].index_select(0, self.index))
+
+    def stacks(self) -> tuple[Tensor, Tensor]:
+        return self.gathered if self.gathered is not None else self.gather()
+
+
+PLAN_GATHER_BYTES = 1 << 20  # a module's row plan keeps its gathered stacks when they take at most this
+
+
+def _bank_key(module: LoraLinear, names: list[str]) -> tuple:
+    """What an :class:`AdapterBank` of ``names`` depends on (see its docstring)."""
+    parts = []
+    for name in names:
+        a, b = module.lora_A[name], module.lora_B[name]
+        parts.append((name, module.scaling[name], a.data_ptr(), a._version, b.data_ptr(), b._version))
+    weight = module.lora_A[names[0]]
+    return tuple(parts), weight.dtype, weight.device
+
+
+def _adapter_bank(module: LoraLinear) -> AdapterBank:
+    """The module's :class:`AdapterBank`, rebuilt only when its key changed."""
+    names = [n for n in module.lora_A if n not in module.lora_magnitude_vector]
+    key = _bank_key(module, names)
+    bank = module._adapter_bank
+    if bank is not None and bank.key == key:
+        return bank
+    ranks = [module.lora_A[n].shape[0] for n in names]
+    rank = max(ranks)
+    weight = module.lora_A[names[0]]
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
+        a = weight.new_zeros(len(names) + 1, rank, module.fan_in)
+        bt = weight.new_zeros(len(names) + 1, rank, module.fan_out)
+        for i, (name, r) in enumerate(zip(names, ranks, strict=True)):
+            a[i, :r] = module.lora_A[name]
+            torch.mul(module.dense_b(name).t(), module.scaling[name], out=bt[i, :r])
+    bank = AdapterBank(key, tuple(names), tuple(ranks), a, bt)
+    module._adapter_bank = bank
+    return bank
+
+
+def clear_adapter_banks(model: nn.Module) -> None:
+    """Drop every module's cached mixed-batch stacks (needed only after writes through ``param.data``)."""
+    for _, module in lora_modules(model):
+        module._adapter_bank = None
+
+
+def _row_plan(module: LoraLinear, names_per_row: list[str],
+              index_cache: dict[tuple[str, ...], tuple[Tensor, list[int], int | None]]) -> RowPlan:
+    """The module's :class:`RowPlan` for ``names_per_row`` (its bank built or reused).
+
+    ``index_cache`` maps a bank's adapter names to the row index, the slots in use and the first slot when
+    the rows use consecutive slots, so that modules holding the same adapters share them within one
+    :func:`adapter_batch` entry.
+    """
+    bank = _adapter_bank(module)
+    cached = index_cache.get(bank.names)
+    if cached is None:
+        slot = {name: i for i, name in enumerate(bank.names)}
+        per_row = [slot.get(n, len(bank.names)) for n in names_per_row]
+        consecutive = per_row == list(range(per_row[0], per_row[0] + len(per_row)))
+        cached = (torch.tensor(per_row, device=bank.a.device), sorted(set(per_row) - {len(bank.names)}),
+                  per_row[0] if consecutive else None)
+        index_cache[bank.names] = cached
+    index, used, first = cached
+    plan = RowPlan(bank, index, max(bank.ranks[i] for i in used))
+    if first is not None:  # rows use consecutive slots (e.g. every adapter once, in bank order): views, no copy
+        rows = slice(first, first + plan.rows)
+        plan.gathered = (bank.a[rows, : plan.rank], bank.bt[rows, : plan.rank])
+    elif plan.rows * plan.rank * (module.fan_in + module.fan_out) * bank.a.element_size() <= PLAN_GATHER_BYTES:
+        plan.gathered = plan.gather()
+    return plan
 
 
 def merge(model: nn.Module) -> nn.Module:
