@@ -142,6 +142,27 @@ def test_dora_row_norm_equals_dense_norm():
     torch.testing.assert_close(wrapper.dora_row_norm("d"), dense, rtol=1e-5, atol=1e-5)
 
 
+def test_dora_row_norm_follows_changes_of_the_base_weight():
+    from torch import nn
+
+    wrapper = LoraLinear(nn.Linear(40, 24))
+    wrapper.add_adapter("d", 4, 8, 0.0, use_dora=True)
+    nn.init.normal_(wrapper.lora_B["d"])
+    wrapper.dora_row_norm("d")  # ||w_o||^2 is now cached
+
+    def dense():
+        return torch.linalg.norm(wrapper.base_layer.weight + wrapper.lora_matrix("d"), dim=1)
+
+    with torch.no_grad():
+        wrapper.base_layer.weight.mul_(2)  # in place: a new version of the same storage
+    torch.testing.assert_close(wrapper.dora_row_norm("d"), dense(), rtol=1e-5, atol=1e-5)
+    wrapper.base_layer.weight.data = torch.randn(24, 40)  # another storage
+    torch.testing.assert_close(wrapper.dora_row_norm("d"), dense(), rtol=1e-5, atol=1e-5)
+    wrapper.double()
+    assert wrapper.dora_row_norm("d").dtype == torch.float64
+    torch.testing.assert_close(wrapper.dora_row_norm("d"), dense())
+
+
 def test_rslora_scaling_matches_peft(tiny_llama, tmp_path):
     base = copy.deepcopy(tiny_llama)
     cfg = lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_rslora=True)

@@ -247,6 +247,7 @@ class LoraModule(MergeableWeight, nn.Module):
         self.active_adapters: list[str] = []
         self.row_plan: RowPlan | None = None  # set by adapter_batch()
         self._adapter_bank: AdapterBank | None = None  # mixed-batch stacks, reused across adapter_batch entries
+        self._dora_weight_sq: tuple[tuple, Tensor] | None = None  # (key, ||w_o||^2), see _weight_row_sq_norms
         self._init_merge_state()
 
     # -- what each wrapper kind provides -------------------------------------------------------
@@ -383,9 +384,27 @@ class LoraModule(MergeableWeight, nn.Module):
         w = self._as_out_in(self._pretrained_weight())
         a, b, s = self.lora_A[name], self.dense_b(name), self.scaling[name]
         w_a = w @ a.t()  # (out, r)
-        squared = (torch.linalg.vector_norm(w, dim=1) ** 2 + 2 * s * (b * w_a).sum(1)
-                   + s * s * ((b @ (a @ a.t())) * b).sum(1))
+        squared = self._weight_row_sq_norms() + 2 * s * (b * w_a).sum(1) + s * s * ((b @ (a @ a.t())) * b).sum(1)
         return squared.clamp_min(0).sqrt()
+
+    def _weight_row_sq_norms(self) -> Tensor:
+        """||w_o||^2 per output row of the pretrained weight: (fan_out,).
+
+        Kept while the weight is unchanged (same storage, dtype and version counter), so that a DoRA
+        training step does not read the frozen weight a second time; recomputed when the weight itself
+        needs a gradient through it.
+        """
+        weight = self._pretrained_weight()
+        w = self._as_out_in(weight)
+        if weight.requires_grad and torch.is_grad_enabled():
+            return torch.linalg.vector_norm(w, dim=1) ** 2
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
+        cached = self._dora_weight_sq
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = key, torch.linalg.vector_norm(w, dim=1) ** 2
+            self._dora_weight_sq = cached
+        return cached[1]
 
     def _as_out_in(self, weight: Tensor) -> Tensor:
         return weight
@@ -454,11 +473,11 @@ class LoraLinear(LoraModule):
             x, self._as_out_in(self._pretrained_weight()), None if dora else bias, self.lora_A[first],
             self.dense_b(first), self.scaling[first], self.dropout_p[first], self.training,
         )
-        if dora:  # DoRA (Liu et al. 2024): m / ||W + sBA|| (x W^T + s x A^T B^T); the norm is a constant
+        if dora:  # DoRA (Liu et al. 2024): m / ||W + sBA|| (x W^T + s x A^T B^T) + b; the norm is a constant
             with torch.no_grad():
                 norm = self.dora_row_norm(first)
-            out = out * (self.lora_magnitude_vector[first] / norm)
-            out = out + bias if bias is not None else out
+            scale = self.lora_magnitude_vector[first] / norm  # (out,)
+            out = torch.addcmul(bias, out, scale) if bias is not None else out * scale  # one pass over out
         for name in rest:
             if name in self.lora_magnitude_vector:
                 raise ValueError("a DoRA adapter can only be active alone or first among the active adapters")
