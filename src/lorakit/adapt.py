@@ -926,7 +926,7 @@ class RowPlan:
 PLAN_GATHER_BYTES = 1 << 20  # a module's row plan keeps its gathered stacks when they take at most this
 
 
-def _bank_key(module: LoraLinear, names: list[str]) -> tuple:
+def _bank_key(module: LoraLinear, names: tuple[str, ...]) -> tuple:
     """What an :class:`AdapterBank` of ``names`` depends on (see its docstring)."""
     parts = []
     for name in names:
@@ -937,22 +937,39 @@ def _bank_key(module: LoraLinear, names: list[str]) -> tuple:
 
 
 def _adapter_bank(module: LoraLinear) -> AdapterBank:
-    """The module's :class:`AdapterBank`, rebuilt only when its key changed."""
-    names = [n for n in module.lora_A if n not in module.lora_magnitude_vector]
+    """The module's :class:`AdapterBank`, restacked only when its key changed.
+
+    When only weights or scalings changed (same adapters, ranks, dtype and device: e.g. after a hot-swap),
+    the changed adapters' slots are rewritten in the old bank's tensors instead of stacking anew.
+    """
+    names = tuple(n for n in module.lora_A if n not in module.lora_magnitude_vector)
     key = _bank_key(module, names)
-    bank = module._adapter_bank
-    if bank is not None and bank.key == key:
-        return bank
-    ranks = [module.lora_A[n].shape[0] for n in names]
+    old = module._adapter_bank
+    if old is not None and old.key == key:
+        return old
+    ranks = tuple(module.lora_A[n].shape[0] for n in names)
     rank = max(ranks)
     weight = module.lora_A[names[0]]
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
-        a = weight.new_zeros(len(names) + 1, rank, module.fan_in)
-        bt = weight.new_zeros(len(names) + 1, rank, module.fan_out)
+        if old is not None and (old.names, old.ranks, old.a.dtype, old.a.device) == (names, ranks, weight.dtype,
+                                                                                     weight.device):
+            a, bt = old.a, old.bt
+            stale = [part != old_part for part, old_part in zip(key[0], old.key[0], strict=True)]
+        else:
+            a = weight.new_empty(len(names) + 1, rank, module.fan_in)
+            bt = weight.new_empty(len(names) + 1, rank, module.fan_out)
+            a[-1].zero_()
+            bt[-1].zero_()
+            stale = [True] * len(names)
         for i, (name, r) in enumerate(zip(names, ranks, strict=True)):
-            a[i, :r] = module.lora_A[name]
+            if not stale[i]:
+                continue
+            a[i, :r].copy_(module.lora_A[name])
             torch.mul(module.dense_b(name).t(), module.scaling[name], out=bt[i, :r])
-    bank = AdapterBank(key, tuple(names), tuple(ranks), a, bt)
+            if r < rank:
+                a[i, r:].zero_()
+                bt[i, r:].zero_()
+    bank = AdapterBank(key, names, ranks, a, bt)
     module._adapter_bank = bank
     return bank
 
