@@ -169,6 +169,26 @@ def test_prefixes_keep_gpt2_causal(name, attn):
     torch.testing.assert_close(full[:, :5], cut, rtol=1e-4, atol=1e-5)  # no position sees later tokens
 
 
+@pytest.mark.parametrize("name", ["prefix_layer", "prefix_embed"])
+def test_prefixes_decode_the_same_with_and_without_a_kv_cache(name):
+    from lorakit.train.generate import GenerationConfig, generate
+
+    model = _gpt2_lm()
+    apply_method(model, MethodConfig(name, prefix_length=3, infix_length=0, prefix_hidden=8, head=("lm_head",)))
+    _randomize(model)
+    model.eval()
+    ids = torch.randint(1, 100, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # a left-padded row
+    outs = [generate(model, ids, mask, GenerationConfig(strategy="beam", num_beams=3, max_new_tokens=6,
+                                                        no_repeat_ngram_size=0, use_cache=cache), eos_token_id=0)
+            for cache in (True, False)]
+    assert outs[0] == outs[1] and all(len(o) > 0 for o in outs[0])
+    alone = generate(model, ids[1:, 2:], mask[1:, 2:], GenerationConfig(strategy="beam", num_beams=3,
+                     max_new_tokens=6, no_repeat_ngram_size=0), eos_token_id=0)
+    assert outs[0][1] == alone[0]
+
+
 def test_prefix_layer_equals_explicit_attention_over_prefix_keys():
     """With one layer, one head and the identity everywhere else, PreLayer is attention over [P; X]."""
     model = _bert_classifier()

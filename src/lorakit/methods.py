@@ -258,13 +258,21 @@ class PrefixEmbedding(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, inputs_embeds: Tensor | None = None, **kwargs: Any) -> Any:
-        if kwargs.get("past_key_values") is not None:
-            raise MethodError("prefix_embed: incremental decoding with past_key_values is not supported")
+        """Insert the special tokens, run the base model, cut its outputs back to the input positions.
+
+        Incremental decoding (a non-empty ``past_key_values``, e.g. beam search with a KV cache): the
+        cache already holds the prefix and infix, so the new tokens only get their positions shifted and
+        ``attention_mask`` (b, cached original tokens + new) the special columns added back: the prefix
+        in front and the infix after the prompt (``prompt_length``, remembered from the first pass)."""
+        lp, li = self.prefix_length, self.infix_length
+        cache = kwargs.get("past_key_values")
+        if cache is not None and _cache_length(cache) > 0:
+            return self._incremental(input_ids, attention_mask, inputs_embeds, **kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.base_layer.get_input_embeddings()(input_ids)
         b, n, d = inputs_embeds.shape
-        lp, li = self.prefix_length, self.infix_length
         device = inputs_embeds.device
+        self.prompt_length = n
         if attention_mask is None:
             attention_mask = torch.ones(b, n, dtype=torch.long, device=device)
         real = attention_mask.bool()
@@ -283,12 +291,39 @@ class PrefixEmbedding(nn.Module):
             last_type = token_type_ids.gather(1, last.clamp(min=0))
             types = token_type_ids.new_zeros(b, total).scatter(1, token_at, token_type_ids)
             token_type_ids = types.scatter(1, infix_at, last_type.expand(b, li))
+        if kwargs.get("position_ids") is not None:  # the caller counts positions over real tokens: so do we
+            kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
         out = self.base_layer(inputs_embeds=embeds, attention_mask=mask, token_type_ids=token_type_ids, **kwargs)
         index = token_at.unsqueeze(-1)
         out["last_hidden_state"] = out.last_hidden_state.gather(1, index.expand(b, n, out.last_hidden_state.shape[-1]))
         if getattr(out, "hidden_states", None) is not None:
             out["hidden_states"] = tuple(h.gather(1, index.expand(b, n, h.shape[-1])) for h in out.hidden_states)
         return out
+
+    def _incremental(self, input_ids: Tensor | None, attention_mask: Tensor | None, inputs_embeds: Tensor | None,
+                     **kwargs: Any) -> Any:
+        lp, li = self.prefix_length, self.infix_length
+        n = getattr(self, "prompt_length", None)
+        if n is None:
+            raise MethodError("prefix_embed: incremental decoding needs a first pass without past_key_values")
+        if attention_mask is not None:  # (b, n + generated) -> (b, lp + n + li + generated)
+            ones = attention_mask.new_ones
+            b = attention_mask.shape[0]
+            attention_mask = torch.cat([ones(b, lp), attention_mask[:, :n], ones(b, li), attention_mask[:, n:]], 1)
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"] + lp + li
+        return self.base_layer(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               **kwargs)
+
+
+def _cache_length(cache: Any) -> int:
+    """Tokens held by a key/value cache (a transformers ``Cache`` or the legacy tuple of tuples)."""
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    try:
+        return int(cache[0][0].shape[-2])
+    except (IndexError, TypeError, AttributeError):
+        return 0
 
 
 # ============================================================================ the table

@@ -191,3 +191,30 @@ def test_bad_nlg_settings_fail_before_the_workdir_is_touched(tmp_path, sections,
     with pytest.raises(DataError, match=message.replace(".", r"\.")):
         train(validate(raw), tmp_path / "run", echo=lambda _m: None)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["bitfit", "adapter_pfeiffer", "prefix_embed", "prefix_layer"])
+def test_the_papers_baselines_run_the_nlg_task(tmp_path, method):
+    """The GPT-2 rows of the paper's NLG table: each method trains and decodes (beam search, KV cache)."""
+    from lorakit.train.loop import train
+
+    raw = _raw(tmp_path, training={"max_steps": 2, "checkpoint_every": 2})
+    raw["method"] = {"name": method, "adapter_size": 8, "prefix_length": 4, "prefix_hidden": 16}
+    results = train(validate(raw), tmp_path / "run", echo=lambda _m: None)
+    assert 0 < results["parameters"]["trainable"] < results["parameters"]["total"] / 10
+    assert results["parameters"]["head"] == 0  # a language model has no task head
+    assert math.isfinite(results["final"]["BLEU"])
+
+
+@pytest.mark.parametrize("method, message", [
+    ({"name": "head_only"}, "a language model has none"),
+    ({"name": "prefix_embed", "prefix_length": 2, "infix_length": 2}, "infix_length"),
+])
+def test_methods_that_do_not_fit_a_language_model_are_refused(tmp_path, method, message):
+    from lorakit.train.loop import TrainingError, train
+
+    raw = _raw(tmp_path)
+    raw["method"] = method
+    with pytest.raises(TrainingError, match=message):
+        train(validate(raw), tmp_path / "run", echo=lambda _m: None)
+    assert not (tmp_path / "run").exists()

@@ -486,6 +486,9 @@ def apply_method(model: nn.Module, cfg: Section) -> None:
             p.requires_grad = True
         return
     if m.name == "head_only":
+        if not head:
+            raise TrainingError("method head_only trains the task head, and a language model has none (its LM "
+                                "head is the pretrained, tied embedding); choose lora, full or a baseline")
         for name, p in model.named_parameters():
             p.requires_grad = any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in head)
         return
@@ -518,6 +521,10 @@ def _apply_baseline(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> No
         mcfg = MethodConfig(m.name, adapter_size=m.adapter_size, prefix_length=m.prefix_length,
                             infix_length=m.infix_length, prefix_hidden=m.prefix_hidden, head=head)
         if m.name == "prefix_embed":
+            if m.infix_length and not isinstance(model, SequenceClassifier):
+                raise MethodError("prefix_embed: infix_length > 0 applies to NLU classifiers; a language model "
+                                  "generating after its prompt would see the infix at a different place in "
+                                  "training and decoding. Use prefix_length only (infix_length 0)")
             ecfg = getattr(model, "encoder", model).config
             limit = getattr(ecfg, "max_position_embeddings", None) or getattr(ecfg, "n_positions", None)
             if limit is not None and getattr(ecfg, "model_type", "") in ("roberta", "xlm-roberta"):
