@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -55,55 +54,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the Hub (``HF_ENDPOINT``), so that an offline machine fails in seconds."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _from_pretrained(loader: Any, name: str, what: str) -> Any:
-    """A local folder (or ``package:PKG/SUB``), else the Hugging Face cache, else the Hub when reachable."""
-    from .train.loop import resolve_model_path
+    """A local folder (or ``package:PKG/SUB``), else the Hugging Face cache, else the Hub when reachable:
+    the experiment system's loader, with its errors as ``LMEvalError``."""
+    from .train.loop import ModelLoadError
+    from .train.loop import _from_pretrained as load
 
-    path = resolve_model_path(name)
     try:
-        if Path(path).is_dir():
-            return loader(path)
-        try:
-            return loader(path, local_files_only=True)
-        except (OSError, ValueError):
-            pass
-        if not _hub_reachable():
-            raise LMEvalError(f"cannot load the {what} {name!r}: not a local folder, not in the Hugging Face cache, "
-                              "and the Hub cannot be reached; pass a folder holding it")
-        return loader(path)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, LMEvalError):
-            raise
-        raise LMEvalError(f"cannot load the {what} {name!r}: {exc}") from None
+        return load(loader, name, what)
+    except ModelLoadError as err:
+        raise LMEvalError(str(err)) from None
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     auto = AutoModelForMaskedLM if args.mlm else AutoModelForCausalLM
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar: ours is the evaluation's
-    try:
-        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, args.tokenizer or args.model, "tokenizer")
-        model = _from_pretrained(auto.from_pretrained, args.model, "masked LM" if args.mlm else "causal LM")
-    finally:
-        hf_logging.enable_progress_bar()
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, args.tokenizer or args.model, "tokenizer")
+    model = _from_pretrained(auto.from_pretrained, args.model, "masked LM" if args.mlm else "causal LM")
     if args.adapter:
         from . import load_adapter
 
