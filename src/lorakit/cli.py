@@ -24,6 +24,8 @@ register("convert", "lorakit.convert", "turn a loralib / LoRA-paper checkpoint i
 register("score", "lorakit.score", "score any system's outputs with the official NLG/NLU metrics")
 register("train", "lorakit.train.commands", "run a fine-tuning experiment from a JSON config (= python main.py)")
 register("eval", "lorakit.train.commands:eval_main", "evaluate a run's checkpoint or the average of its last K")
+register("export", "lorakit.train.commands:export_main",
+         "write a trained language-model run (LoRA merged) as a standalone Hugging Face model folder")
 register("generate", "lorakit.train.commands:generate_main",
          "predict a split with a trained run: predictions, references and metrics JSON")
 register("inspect", "lorakit.train.commands:inspect_main", "parameters, ranks and adapter size, without training")

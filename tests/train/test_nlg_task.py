@@ -218,3 +218,27 @@ def test_methods_that_do_not_fit_a_language_model_are_refused(tmp_path, method, 
     with pytest.raises(TrainingError, match=message):
         train(validate(raw), tmp_path / "run", echo=lambda _m: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_export_writes_a_merged_model_that_from_pretrained_reads(tmp_path, tok):
+    """``lorakit export``: a LoRA run folded into a plain GPT-2 folder gives the same logits as the run's
+    model, and the folder can start a new run (``model.name_or_path``)."""
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.train.commands import export_main
+    from lorakit.train.loop import _load_run, train
+
+    cfg = validate(_raw(tmp_path, training={"max_steps": 2, "checkpoint_every": 2}))
+    train(cfg, tmp_path / "run", echo=lambda _m: None)
+    assert export_main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    adapted = _load_run(cfg, tmp_path / "run", None, None, None, with_data=False).model.eval()
+    ids = torch.tensor([tok("name[The Vaults], eatType[pub]\n")["input_ids"]])
+    torch.testing.assert_close(plain(ids).logits, adapted(ids).logits, rtol=1e-4, atol=1e-4)
+    assert export_main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 1  # not empty
+    again = _raw(tmp_path, training={"max_steps": 1, "checkpoint_every": 1})
+    again["model"] = {"name_or_path": str(tmp_path / "model")}
+    results = train(validate(again), tmp_path / "run2", echo=lambda _m: None)
+    assert results["parameters"]["total"] == sum(p.numel() for p in plain.parameters()) + \
+        results["parameters"]["trainable"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import ConfigError, Section, apply_overrides, read_json, validate
 
-__all__ = ["train_main", "eval_main", "inspect_main", "generate_main", "main"]
+__all__ = ["train_main", "eval_main", "inspect_main", "generate_main", "export_main", "main"]
 
 
 def _error(message: str, code: int) -> int:
@@ -240,7 +240,35 @@ def generate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main, "generate": generate_main}
+def export_main(argv: list[str] | None = None) -> int:
+    """``lorakit export --workdir WORKDIR --out DIR [--checkpoint STEP | --average K]``"""
+    parser = argparse.ArgumentParser(
+        prog="lorakit export",
+        description="Write a trained language-model run (lora merged, full, ft_top2, bitfit) as a standalone "
+                    "Hugging Face model folder, e.g. to fine-tune it further (model.name_or_path).")
+    parser.add_argument("--workdir", required=True, help="a run's workdir (its config.json is used)")
+    parser.add_argument("--out", required=True, help="a new (or empty) folder for the model")
+    _checkpoint_args(parser)
+    args = parser.parse_args(argv)
+    if args.average is not None and args.average < 1:
+        return _error("--average must be >= 1", 2)
+    if not (Path(args.workdir) / "config.json").is_file():
+        return _error(f"{args.workdir} is not a run's workdir (no config.json); train first", 2)
+    try:
+        cfg = _load(args.workdir, args.overrides, args.data)
+    except ConfigError as err:
+        return _error(str(err), 2)
+    from .loop import export_workdir
+
+    try:
+        export_workdir(cfg, args.workdir, args.out, checkpoint=args.checkpoint, average=args.average)
+    except _known_errors() as err:
+        return _error(str(err), 1)
+    return 0
+
+
+SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main, "generate": generate_main,
+               "export": export_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,8 @@ from .config import Section, config_diff
 from .tasks import DataError, task_from_config
 
 __all__ = [
-    "train", "evaluate_workdir", "generate_workdir", "predict_dataset", "build_model", "build_configured_model",
-    "init_from_run",
-    "load_tokenizer", "SequenceClassifier", "TrainingError",
+    "train", "evaluate_workdir", "generate_workdir", "export_workdir", "predict_dataset", "build_model",
+    "build_configured_model", "init_from_run", "load_tokenizer", "SequenceClassifier", "TrainingError",
     "ModelLoadError", "WorkdirError", "NonFiniteLossError", "RUN_OUTPUTS",
 ]
 
@@ -1159,6 +1158,38 @@ def generate_workdir(cfg: Section, workdir: str | Path, *, split: str = "test", 
     return result
 
 
+def export_workdir(cfg: Section, workdir: str | Path, out_dir: str | Path, *, checkpoint: str | None = None,
+                   average: int | None = None, echo: Callable[[str], None] = print) -> Path:
+    """Write a trained language-model run as a standalone Hugging Face model folder (``config.json``,
+    weights, tokenizer) that ``from_pretrained`` and ``model.name_or_path`` read: LoRA folded into the
+    weights (``merge_and_unload``), PreLayer's MLP dropped. Adapters and prefixes of the other baselines
+    stay modules of lorakit, so those runs (and classifier runs, whose head is lorakit's) are refused."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise WorkdirError(f"{out} exists and is not empty; choose a new folder for the exported model")
+    run = _load_run(cfg, workdir, checkpoint, average, None, with_data=False)
+    if isinstance(run.model, SequenceClassifier) or cfg.method.name not in ("lora", "full", "ft_top2", "bitfit"):
+        raise TrainingError(f"export writes language models trained with lora, full, ft_top2 or bitfit; this run "
+                            f"is a {cfg.task.name} {cfg.method.name} run (use its workdir/adapter instead)")
+    model = run.model
+    if cfg.method.name == "lora":
+        from lorakit import merge_and_unload
+
+        model = merge_and_unload(model)
+    tokenizer = load_tokenizer(cfg.model)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in tmp.iterdir():
+        item.replace(out / item.name)
+    tmp.rmdir()
+    echo(f"wrote {out}: {cfg.method.name} run {workdir} at step(s) {run.checkpoints} as a plain "
+         f"{type(model).__name__}")
+    return out
+
+
 @dataclass
 class _LoadedRun:
     model: nn.Module
@@ -1171,8 +1202,9 @@ class _LoadedRun:
 
 
 def _load_run(cfg: Section, workdir: str | Path, checkpoint: str | None, average: int | None,
-              split: str | None) -> _LoadedRun:
-    """Rebuild a run's model from its config and load the chosen checkpoint(s); read ``split``."""
+              split: str | None, with_data: bool = True) -> _LoadedRun:
+    """Rebuild a run's model from its config and load the chosen checkpoint(s); read ``split`` (unless
+    ``with_data`` is false: then ``dataset`` is empty)."""
     workdir = Path(workdir)
     found = ckpt.list_checkpoints(workdir / "checkpoints")
     if not found:
@@ -1190,8 +1222,10 @@ def _load_run(cfg: Section, workdir: str | Path, checkpoint: str | None, average
     split = split or cfg.data.eval_split
     dinfo = D.DistInfo(0, 1, 0, D._pick_device(cfg.training.device, 0))
     task = task_from_config(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    dataset = _load_split(task, split, _require_data_dir(cfg), cfg.data.max_eval_examples, tokenizer, cfg)
+    dataset = []
+    if with_data:
+        tokenizer = load_tokenizer(cfg.model)
+        dataset = _load_split(task, split, _require_data_dir(cfg), cfg.data.max_eval_examples, tokenizer, cfg)
     _seed_everything(cfg.training.seed, cfg.training.deterministic)
     model = build_configured_model(cfg, task)
     state = ckpt.average_checkpoints([c.path for c in chosen]) if len(chosen) > 1 else \
