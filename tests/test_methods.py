@@ -86,6 +86,26 @@ def test_parameter_counts_match_the_papers_closed_forms(counts, arch):
         assert _paper_count(model, method, **options) == expected, (arch, name, options)
 
 
+def test_inserted_counts_only_what_the_method_added(counts):
+    """``inserted``: LoRA factors, adapters and prefixes; nothing for methods that train existing weights."""
+    config, table = counts["roberta-base"]
+    for (name, _), (options, expected) in table.items():
+        model = _meta_classifier(config)
+        base_total = sum(p.numel() for p in model.parameters())
+        method = "lora" if name == "lora_bitfit" else name
+        _paper_count(model, method, **options)
+        info = count_parameters(model)
+        added = sum(p.numel() for p in model.parameters()) - base_total
+        if name in ("bitfit", "ft_top2"):
+            assert info["inserted"] == 0, name
+        elif name == "lora_bitfit":
+            assert info["inserted"] == 294_912
+        elif name != "prefix_layer":  # PreLayer's reparameterisation MLP is inserted too, while it trains
+            assert info["inserted"] == expected, name
+        if name != "lora" and name != "lora_bitfit":  # LoRA's modules_to_save keeps a copy of the head
+            assert info["inserted"] == added, name
+
+
 def test_gpt2_medium_ft_top2_is_the_papers_25_19m():
     model = _meta_classifier(GPT2_MEDIUM)
     apply_method(model, MethodConfig("ft_top2"))

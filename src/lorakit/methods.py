@@ -502,9 +502,15 @@ def drop_reparameterization(model: nn.Module) -> int:
 
 def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) -> dict[str, Any]:
     """Exact counts: ``total``, ``trainable`` (what the optimizer updates), ``percent``, ``head`` (trainable
-    head parameters), ``trainable_excluding_head`` (the LoRA paper's |Theta|) and ``after_training``:
-    trainable parameters excluding the head once PreLayer's reparameterisation MLP is dropped."""
+    head parameters), ``trainable_excluding_head`` (the LoRA paper's |Theta|), ``after_training``:
+    trainable parameters excluding the head once PreLayer's reparameterisation MLP is dropped, and
+    ``inserted``: parameters the method added to the pretrained model (LoRA factors, adapters, prefixes)."""
     total = sum(p.numel() for p in model.parameters())
+    from .layers import is_lora_param_name
+
+    inserted = sum(p.numel() for n, p in model.named_parameters() if is_lora_param_name(n))
+    for _, module in method_modules(model):
+        inserted += sum(p.numel() for n, p in module.named_parameters() if not n.startswith("base_layer."))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head_n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and _is_head(n, head))
     dropped = 0
@@ -513,7 +519,8 @@ def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) 
             reparam = module.prefix_input.numel() + sum(p.numel() for p in module.prefix_mlp.parameters())
             dropped += reparam - 2 * module.length * module.width
     return {"total": total, "trainable": trainable, "percent": 100.0 * trainable / max(total, 1), "head": head_n,
-            "trainable_excluding_head": trainable - head_n, "after_training": trainable - head_n - dropped}
+            "trainable_excluding_head": trainable - head_n, "after_training": trainable - head_n - dropped,
+            "inserted": inserted}
 
 
 @torch.no_grad()

@@ -127,3 +127,15 @@ def test_plot_handles_a_single_method(tmp_path: Path) -> None:
     _fake_run(tmp_path, "a", "rte", "lora", 0, 0.6)
     summary = summarise(collect_runs([tmp_path], warn=lambda _m: None))
     assert plot_report(summary, tmp_path / "fig.png") == tmp_path / "fig.png"
+
+
+def test_method_labels_keep_lora_with_bitfit_apart_and_name_the_baselines():
+    from lorakit.train.report import method_label
+
+    labels = [method_label({"method": m}) for m in (
+        {"name": "lora", "r": 8}, {"name": "lora", "r": 8, "bias": "all"},
+        {"name": "adapter_houlsby", "adapter_size": 16}, {"name": "adapter_pfeiffer", "adapter_size": 16},
+        {"name": "prefix_layer", "prefix_length": 10},
+        {"name": "bitfit"}, {"name": "ft_top2"})]
+    assert labels == ["LoRA (r=8)", "LoRA+BitFit (r=8)", "Adapter-H (m=16)", "Adapter-P (m=16)",
+                      "PreLayer (l_p=10)", "BitFit", "FT-Top2"]

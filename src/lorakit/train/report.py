@@ -49,14 +49,18 @@ class RunRecord:
     trainable: int
     head: int | None  # parameters of the head (None: no checkpoint to read them from)
     adapter: int | None  # LoRA factors (0 for full / head-only)
-    encoder: int | None  # pretrained encoder parameters, head and LoRA factors excluded
+    encoder: int | None  # pretrained encoder parameters, head and inserted parameters (LoRA, adapters) excluded
     wall_time_s: float | None
     steps: int | None
     command: str
     extra: dict[str, Any] = field(default_factory=dict)
+    after_training: int | None = None  # trainable without the head once training-only parts are dropped
 
     @property
     def trainable_without_head(self) -> int | None:
+        """The paper's |Theta|: trainable parameters without the head, after training (PreLayer's MLP dropped)."""
+        if self.after_training is not None:
+            return self.after_training
         return None if self.head is None else self.trainable - self.head
 
 
@@ -90,8 +94,13 @@ def method_label(cfg: dict[str, Any]) -> str:
         targets = method.get("target_modules", ["query", "value"])
         where = "" if targets in (["query", "value"], ["value", "query"]) else \
             f", {'+'.join(targets) if isinstance(targets, list) else targets}"
-        return f"LoRA (r={method.get('r', 8)}{where})"
-    return {"full": "full FT", "head_only": "head only"}.get(name, name)
+        bias = {"all": "+BitFit", "lora_only": "+biases"}.get(method.get("bias", "none"), "")
+        return f"LoRA{bias} (r={method.get('r', 8)}{where})"
+    size, prefix = method.get("adapter_size", 64), method.get("prefix_length", 10)
+    return {"full": "full FT", "head_only": "head only", "ft_top2": "FT-Top2", "bitfit": "BitFit",
+            "adapter_houlsby": f"Adapter-H (m={size})", "adapter_pfeiffer": f"Adapter-P (m={size})",
+            "prefix_embed": f"PreEmbed (l_p={prefix}, l_i={method.get('infix_length', 0)})",
+            "prefix_layer": f"PreLayer (l_p={prefix})"}.get(name, name)
 
 
 def _checkpoint_counts(workdir: Path, pooling: str) -> tuple[int, int] | None:
@@ -147,12 +156,15 @@ def read_run(workdir: str | Path) -> RunRecord:
     if counts is not None:
         head, adapter = counts
         encoder = total - head - adapter
+    if "inserted" in params and "head" in params:  # exact counts of the run (adapters and prefixes included)
+        head, adapter = int(params["head"]), int(params["inserted"])
+        encoder = total - head - adapter
     return RunRecord(
         workdir=workdir, task=str(res.get("task") or (cfg.get("task") or {}).get("name")),
         method=method_label(cfg), seed=int((cfg.get("training") or {}).get("seed", 0)), metric=metric,
         value=float("nan") if value is None else float(value), trainable=trainable, head=head,
         adapter=adapter, encoder=encoder, wall_time_s=res.get("wall_time_s"), steps=res.get("steps"),
-        command=_command(workdir, cfg),
+        command=_command(workdir, cfg), after_training=params.get("after_training"),
         extra={"batch_size": (cfg.get("training") or {}).get("batch_size"),
                "max_length": (cfg.get("data") or {}).get("max_length")},
     )
