@@ -101,46 +101,42 @@ QUICK_SIZE = Size(n_layer=2, seq=16, n_embd=256, n_head=4, vocab=8192)
 # Where the time goes: written by hand from ``python -m bench.adapters --profile`` (torch.profiler, one call
 # after a warm-up call, self CPU time) and the ``--seq`` runs named in it, on the machine of the recorded run.
 PROFILE_NOTE = """\
-### Where the time goes (torch.profiler, 2026-11-22)
+### Where the time goes (torch.profiler, 2026-11-23)
 
 From `python -m bench.adapters --profile` on an otherwise idle machine (one call after a warm-up call, self
-CPU time; absolute times are from that single call, not the medians above), and from runs of this script
-with shorter sequences: `python -m bench.adapters --seq 1 --repeats 20 --op-repeats 3 --steps 2` and the
-same with `--seq 16` (idle machine, same day).
+CPU time; absolute times are from that single call, not the medians above).
 
-* **Mixed batch, 8 x 128.** The base forward (671 ms) is the tied LM head's `mm` (387 ms, 58 %), the 24
-  `Conv1D` `addmm`s (209 ms, 31 %) and GELU / attention / layer norm (about 75 ms). LoRA's FLOPs are about 1 %
-  of that. lorakit adds a gathered `bmm` (x A^T, 10.7 ms over 24 calls), a `baddbmm` (scaling B^T, added to
-  the base output; 9.6 ms) and, at every `adapter_batch` entry, the row plans: for each of the 24 modules a
-  zero-filled (8, in, r) and (8, r, out) stack written slot by slot (648 `copy_`, 192 `mul` for
-  scaling * B^T, 433 `t`, 48 `fill_`; about 9 ms, the "enter + leave" row above). PEFT instead runs 384 small
-  `mm`s (A and B per adapter per module), 384 `index` (sub-batch gathers, 10 ms), 192 `index_put_` (4.8 ms)
-  and 192 `mul` / `add_`. Both libraries add a fixed 30-50 ms to a 620-670 ms forward, so PEFT is only about
-  1.08x the base model and lorakit / PEFT cannot go below base / PEFT (about 0.92): the 0.90 target is out
-  of reach at this shape for any implementation (with the row plans built once, the diagnostic row, lorakit
-  is 1.04x the base and 0.97x PEFT).
-* **Shorter sequences, where the fixed costs dominate.** lorakit per call / base / PEFT, and with
-  `adapter_batch` held open: seq 1: 1.59x base, 1.00x PEFT; held open **1.06x base, 0.68x PEFT**. Seq 16:
-  1.16x base, 0.96x PEFT; held open **1.05x base, 0.85x PEFT**. The row-plan rebuild is most of lorakit's
-  overhead, and without it both targets would pass at these lengths.
-* **Suggestion (src/lorakit/adapt.py, for its owners):** (1) cache the stacked A^T and scaling * B^T per
-  module across `adapter_batch` entries (stack all of a module's adapters once; rebuild only when an adapter is
-  added, deleted, hot-swapped or merged, or a LoRA parameter's `_version` changes), so that entering the
-  context only builds the (rows,) slot-index tensor; where a rebuild is needed, build each stack with one
-  `torch.stack` instead of per-slot slice writes; (2) in `LoraLinear._forward_mixed`, add into the fresh base
-  output in place (`base.view(rows, -1, out).baddbmm_(x_a, b_t[row_index])`) instead of an out-of-place
-  `baddbmm` that allocates and writes another (rows, seq, out) tensor. (1) alone is what the diagnostic row
-  measures.
-* **DoRA step, 8 x 128.** Both libraries' steps (1.52 s lorakit, 1.61 s PEFT in the profiled call) are the
-  LM head's `mm` forward (387 ms) and input-gradient `mm` backward (about 300 ms), the frozen `Conv1D` matmuls
-  forward and backward, dropout masks (`bernoulli_`, 65 ms) and `log_softmax` forward + backward (105 ms).
-  DoRA on `c_attn` costs at most about 3 % of the step in either library (the "without DoRA" column; 0.2-2.6 %
-  over several runs), so even a free DoRA (plain LoRA, the reference rows) is about 0.97-0.98x PEFT's DoRA
-  step: the 0.75 target is out of reach at this shape for any implementation; it would need PEFT's DoRA to
-  cost a third of the step. What remains of lorakit's DoRA cost is `dora_row_norm` on every forward (the row
-  norms of the frozen weight, recomputed each step, and W A^T) and a separate `out * (m / norm)` and bias pass
-  over the (1024, 1536) output; caching ||w_o||^2 while the base weight is unchanged and applying the row scale
-  and bias inside the fused `lora_linear` function would remove most of it (at most about 2 % of the step)."""
+* **Mixed batch, 8 x 128.** The base forward (640-680 ms) is the tied LM head's `mm` (358 ms, about 55 %),
+  the 24 `Conv1D` `addmm`s (202 ms, 31 %) and GELU / attention / layer norm. LoRA's FLOPs are about 1 % of
+  that. lorakit adds two ops per adapted module: a `bmm` for x A^T (A kept as (R, in) and passed transposed,
+  which MKL runs about twice as fast as an (in, R) copy; 5.9 ms over 24 calls) and a `baddbmm_` that adds
+  (x A^T)(scaling B^T) into the fresh base output in place (5.9 ms; an out-of-place `baddbmm` wrote another
+  (rows, seq, out) tensor, 9.6 ms in the previous profile). Entering `adapter_batch` no longer stacks
+  anything: each module keeps an adapter bank (all its adapters' A and scaling * B^T) between entries, so an
+  entry is Python work (bank keys, one row index per set of modules, views into the banks when the rows use
+  consecutive slots), about 2.4 ms against 9.2 ms of per-slot writes before; after a hot-swap the next entry
+  rewrites only the swapped adapter's slots (about 4 ms). PEFT runs 384 small `mm`s (A and B per adapter
+  per module), 384 `index` (10.8 ms), 192 `index_put_` (5.0 ms), 192 `add_` and 192 more `mul`s; it costs
+  about 1.08x the base model here. lorakit cannot be faster than the base model, so lorakit / PEFT is bounded
+  by base / PEFT (0.92 above): the 0.90 target is out of reach at this shape on an idle machine for any
+  implementation that runs the base forward. What remains of lorakit's overhead (about 2 % of the base
+  forward) is the two ops per module above; with `adapter_batch` held open (diagnostic row) it is the same.
+* **Under contention the comparison changes completely.** In three runs made while another process kept
+  one of the two cores busy (2026-11-23, not recorded above), every forward took about 3.5x longer and PEFT's
+  mixed batch took 5.4-6.5x the base model's time against 1.17-1.18x for lorakit (lorakit / PEFT
+  0.17-0.20): each of PEFT's 1,300 or so extra small ops pays for a parallel region whose second thread
+  waits for a core, and lorakit's 48 extra ops do too, on a smaller scale. These are load artefacts and no
+  target is claimed from them; they are why the recorded run is from an idle machine.
+* **DoRA step, 8 x 128.** Both libraries' steps (1.46 s lorakit, 1.48 s PEFT in the profiled call) are the
+  LM head's `mm` forward and input-gradient `mm` backward, the frozen `Conv1D` matmuls forward and backward,
+  dropout masks (`bernoulli_`, 65 ms) and `log_softmax` forward + backward (about 110 ms); the two op lists
+  differ only in the small LoRA / DoRA ops. DoRA on `c_attn` costs 1-3 % of the step in either library (the
+  "without DoRA" column), so even a free DoRA (plain LoRA, the reference rows, about 0.97x PEFT's DoRA step)
+  is far from 0.75: the target is out of reach at this shape for any implementation; it would need PEFT's
+  DoRA to add about a third of the step. lorakit's DoRA computes the row norms ||W + s B A|| without forming
+  B A (||w_o||^2 + 2 s b_o . (A w_o) + s^2 b_o (A A^T) b_o^T, one (out, in) x (in, r) product); new in the
+  recorded code, ||w_o||^2 of the frozen weight is kept while the weight is unchanged, and the row scale and
+  the bias are one `addcmul` pass over the output (the "without DoRA" column shows what is left)."""
 
 
 # ============================================================================ building
@@ -680,7 +676,7 @@ Command: `{command}` (from the repository root)
 
 Code: lorakit at commit {code_version()}
 
-Machine: {common.describe_machine("cpu", packages=("transformers", "peft"))}
+Machine: {common.describe_machine("cpu", packages=("transformers", "peft"))}; shared with other users' jobs
 
 Date: {common.today()}; 1-minute load average {load_before:.2f} before, {load_after:.2f} after (about
 {os.cpu_count()} is this benchmark alone; more means other jobs shared the machine, which inflates absolute times
@@ -696,7 +692,8 @@ range in parentheses.
 {N_ADAPTERS} adapters `a0`..`a7`, r={LORA_R}, lora_alpha={LORA_ALPHA} on `c_attn`, `c_proj`, `c_fc` (every
 `Conv1D`), random non-zero A and B (std {WEIGHT_STD:g}). Batch {size.batch} x {size.seq} random token ids, row i
 uses adapter `a{{i}}`; eval mode, `torch.no_grad()`; {repeats} timed rounds. lorakit: `with
-lorakit.adapter_batch(model, names): model(input_ids=ids)` (the context is entered in every timed call);
+lorakit.adapter_batch(model, names): model(input_ids=ids)` (the context is entered in every timed call; the
+adapter banks stacked at the first entry are reused, and restacking after a hot-swap is timed in the last table);
 PEFT: `peft_model(input_ids=ids, adapter_names=names)` on a `PeftModel` that loaded the eight adapters
 with `PeftModel.from_pretrained` + `load_adapter` from the directories written by `lorakit.save_adapter`.
 Checked before timing: {mixed_check}.
