@@ -51,6 +51,20 @@ def test_second_adapter_is_added_inactive_and_set_adapter_switches(tiny_gpt2):
     assert lorakit.active_adapters(model) == ["one", "two"]
 
 
+def test_switching_a_merged_model_to_an_adapter_a_module_lacks_gives_that_module_its_base(tiny_gpt2, tmp_path):
+    """"one" adapts c_attn and c_fc, "two" only c_attn: after merge and set_adapter("two"), c_fc must
+    run as its base layer (not keep the merged "one"), as in PEFT."""
+    base = copy.deepcopy(tiny_gpt2)
+    model = two_adapters(tiny_gpt2)
+    theirs = to_peft(base, model, ["one", "two"], tmp_path)
+    lorakit.merge(model)
+    lorakit.set_adapter(model, "two")
+    theirs.set_adapter("two")
+    torch.testing.assert_close(logits(model), logits(theirs), rtol=1e-4, atol=1e-5)
+    lorakit.unmerge(model)
+    torch.testing.assert_close(logits(model), logits(theirs), rtol=1e-4, atol=1e-5)
+
+
 def test_several_active_adapters_sum_like_peft(tiny_gpt2, tmp_path):
     base = copy.deepcopy(tiny_gpt2)
     model = two_adapters(tiny_gpt2)

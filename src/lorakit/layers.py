@@ -74,6 +74,8 @@ class MergeableWeight:
             weight = self._pretrained_weight()
             with torch.no_grad():
                 self.merged_weight = weight + self.delta_weight().to(weight.dtype)
+        else:  # nothing active (any more): the merged layer is the base layer, not a stale W + delta
+            self.merged_weight = None
         self.merged = True
 
     def unmerge(self) -> None:
