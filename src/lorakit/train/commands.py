@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -211,60 +212,53 @@ def inspect_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _run_on_workdir(parser: argparse.ArgumentParser, argv: list[str] | None,
+                    action: Callable[[Section, argparse.Namespace], Any]) -> int:
+    """Parse ``--workdir`` + the checkpoint arguments, load the run's config, then ``action(cfg, args)``;
+    exit status 2 for a bad command line or config, 1 for a failed action."""
+    parser.add_argument("--workdir", required=True, help="a run's workdir (its config.json is used)")
+    _checkpoint_args(parser)
+    args = parser.parse_args(argv)
+    if args.average is not None and args.average < 1:
+        return _error("--average must be >= 1", 2)
+    if not (Path(args.workdir) / "config.json").is_file():
+        return _error(f"{args.workdir} is not a run's workdir (no config.json); train first", 2)
+    try:
+        cfg = _load(args.workdir, args.overrides, args.data)
+    except ConfigError as err:
+        return _error(str(err), 2)
+    try:
+        action(cfg, args)
+    except _known_errors() as err:
+        return _error(str(err), 1)
+    return 0
+
+
 def generate_main(argv: list[str] | None = None) -> int:
     """``lorakit generate --workdir WORKDIR [--split test] [--checkpoint STEP | --average K] [--out DIR]``"""
+    from .loop import generate_workdir
+
     parser = argparse.ArgumentParser(
         prog="lorakit generate",
         description="Predict a split with a trained run (NLG tasks: decode with the config's generation "
                     "section) and write predictions, references and the metrics JSON.")
-    parser.add_argument("--workdir", required=True, help="a run's workdir (its config.json is used)")
     parser.add_argument("--split", default="test", help="the split to predict (default: test)")
     parser.add_argument("--out", help="output folder (default: WORKDIR/generate)")
-    _checkpoint_args(parser)
-    args = parser.parse_args(argv)
-    if args.average is not None and args.average < 1:
-        return _error("--average must be >= 1", 2)
-    if not (Path(args.workdir) / "config.json").is_file():
-        return _error(f"{args.workdir} is not a run's workdir (no config.json); train first", 2)
-    try:
-        cfg = _load(args.workdir, args.overrides, args.data)
-    except ConfigError as err:
-        return _error(str(err), 2)
-    from .loop import generate_workdir
-
-    try:
-        generate_workdir(cfg, args.workdir, split=args.split, checkpoint=args.checkpoint, average=args.average,
-                         out_dir=args.out)
-    except _known_errors() as err:
-        return _error(str(err), 1)
-    return 0
+    return _run_on_workdir(parser, argv, lambda cfg, args: generate_workdir(
+        cfg, args.workdir, split=args.split, checkpoint=args.checkpoint, average=args.average, out_dir=args.out))
 
 
 def export_main(argv: list[str] | None = None) -> int:
     """``lorakit export --workdir WORKDIR --out DIR [--checkpoint STEP | --average K]``"""
+    from .loop import export_workdir
+
     parser = argparse.ArgumentParser(
         prog="lorakit export",
         description="Write a trained language-model run (lora merged, full, ft_top2, bitfit) as a standalone "
                     "Hugging Face model folder, e.g. to fine-tune it further (model.name_or_path).")
-    parser.add_argument("--workdir", required=True, help="a run's workdir (its config.json is used)")
     parser.add_argument("--out", required=True, help="a new (or empty) folder for the model")
-    _checkpoint_args(parser)
-    args = parser.parse_args(argv)
-    if args.average is not None and args.average < 1:
-        return _error("--average must be >= 1", 2)
-    if not (Path(args.workdir) / "config.json").is_file():
-        return _error(f"{args.workdir} is not a run's workdir (no config.json); train first", 2)
-    try:
-        cfg = _load(args.workdir, args.overrides, args.data)
-    except ConfigError as err:
-        return _error(str(err), 2)
-    from .loop import export_workdir
-
-    try:
-        export_workdir(cfg, args.workdir, args.out, checkpoint=args.checkpoint, average=args.average)
-    except _known_errors() as err:
-        return _error(str(err), 1)
-    return 0
+    return _run_on_workdir(parser, argv, lambda cfg, args: export_workdir(
+        cfg, args.workdir, args.out, checkpoint=args.checkpoint, average=args.average))
 
 
 SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main, "generate": generate_main,
