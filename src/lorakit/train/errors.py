@@ -1,0 +1,21 @@
+"""The experiment system's errors: each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+__all__ = ["TrainingError", "ModelLoadError", "WorkdirError", "NonFiniteLossError"]
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+class ModelLoadError(TrainingError):
+    pass
+
+
+class WorkdirError(TrainingError):
+    pass
+
+
+class NonFiniteLossError(TrainingError):
+    pass
