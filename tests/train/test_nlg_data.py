@@ -1,6 +1,6 @@
 """NLG data readers (E2E, WebNLG 2017, DART) on the project's real shared files, and their error messages.
 
-The data root follows ``tests/conftest.py``'s ``shared_data()`` rule ($LORAKIT_DATA, else ``shared/data``
+The data root follows ``tests/helpers.py``'s ``shared_data()`` rule ($LORAKIT_DATA, else ``shared/data``
 beside the checkout); tests that read it fail (never skip) when it is missing. Bad-input tests write a small
 slice of a real file to ``tmp_path`` and break it.
 """
@@ -8,10 +8,10 @@ slice of a real file to ``tmp_path`` and break it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from helpers import shared_data
 
 from lorakit.train.tasks.glue import DataError
 from lorakit.train.tasks.nlg_data import (
@@ -26,20 +26,7 @@ from lorakit.train.tasks.nlg_data import (
     read_webnlg,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _shared_data() -> Path:
-    """Same rule as ``tests/conftest.py::shared_data``."""
-    if os.environ.get("LORAKIT_DATA"):
-        return Path(os.environ["LORAKIT_DATA"])
-    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate
-    return REPO.parent / "shared" / "data"
-
-
-DATA = _shared_data()
+DATA = shared_data()
 E2E = DATA / "e2e"
 WEBNLG = DATA / "webnlg_challenge_2017"
 DART = DATA / "dart"

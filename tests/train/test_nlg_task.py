@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import shared_data
 
 from lorakit.train.config import validate
 from lorakit.train.tasks import DataError, get_task
 
-DATA = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA = shared_data()
 GPT2_VOCAB = DATA / "gpt2-vocab"
 E2E = DATA / "e2e"
 WEBNLG = DATA / "webnlg_challenge_2017"

