@@ -39,9 +39,7 @@ import copy
 import dataclasses
 import gc
 import os
-import shlex
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -547,8 +545,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed interleaved rounds first (default 2; quick 1)")
     ap.add_argument("--profile", action="store_true", help="only print torch.profiler top ops of the compared calls")
     ap.add_argument("--profile-rows", type=int, default=18, help="rows per profiler table (default 18)")
-    ap.add_argument("--update-md", nargs="?", const="BENCHMARKS.md", default=None, metavar="PATH",
-                    help="write the results as this script's section of PATH (default BENCHMARKS.md)")
+    common.add_update_md_argument(ap)
     args = ap.parse_args(argv)
     for flag in ("repeats", "steps", "op_repeats", "seq"):
         value = getattr(args, flag)
@@ -571,11 +568,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     if args.profile:
         run_profile(size, size.batch, args.profile_rows, out)
         return 0
-    started = time.perf_counter()
+    log = common.progress_logger()
     load_before = common.load_average()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     base = build_base(size).eval()
     ids = make_batch(size)
@@ -665,8 +659,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     ]
     target_table = common.markdown_table(["target", "measured (IQR)", "limit", "result"], targets, align="llrc")
 
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m bench.adapters", *map(shlex.quote, argv_list)])
+    command = common.command_line("bench.adapters", argv)
     quick_note = ("**Smoke run (--quick): a small model and few rounds; the numbers are meaningless.**\n\n"
                   if args.quick else "")
     dora_batch_note = ("" if dora_rows == size.batch else
@@ -745,11 +738,7 @@ restacked first, which happens once after an adapter is added, deleted, hot-swap
 
 {PROFILE_NOTE}
 """
-    out(f"## {SECTION_TITLE}\n\n{body}")
-    if args.update_md:
-        common.replace_markdown_section(args.update_md, SECTION_TITLE, body)
-        print(f"updated {args.update_md}", file=sys.stderr)
-    return 0
+    return common.publish_section(SECTION_TITLE, body, args.update_md, out)
 
 
 if __name__ == "__main__":

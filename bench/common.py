@@ -14,14 +14,17 @@ Conventions every benchmark follows (so that numbers from a shared, noisy machin
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import importlib.metadata
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -338,6 +341,61 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]], ali
 def verdict(value: float, limit: float) -> str:
     """``PASS`` when ``value <= limit`` else ``MISS``."""
     return "PASS" if value <= limit else "MISS"
+
+
+BENCHMARKS_INTRO = """\
+# Benchmarks
+
+One `## ` section per benchmark script in `bench/`, each with the exact command, the machine, the
+date and the results. Comparisons are always measured interleaved in one process and reported as
+ratios (the machines these run on are shared, so absolute times drift). Shared helpers:
+`bench/common.py`.
+
+"""
+
+
+def add_update_md_argument(ap: argparse.ArgumentParser) -> None:
+    """Add ``--update-md [PATH]`` (``args.update_md``: None, or the file for :func:`publish_section`)."""
+    ap.add_argument(
+        "--update-md",
+        nargs="?",
+        const="BENCHMARKS.md",
+        default=None,
+        metavar="PATH",
+        help="write the results as this script's section of PATH (default BENCHMARKS.md)",
+    )
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reruns a benchmark: ``python -m {module}`` and its arguments, shell-quoted.
+
+    ``argv``: the arguments as passed to the script's ``main`` (``sys.argv[1:]`` when None).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python -m " + module, *map(shlex.quote, args)])
+
+
+def publish_section(
+    title: str, body: str, update_md: Path | str | None, out: Callable[[str], object] = print
+) -> int:
+    """Print ``## {title}`` and ``body`` through ``out``; with ``update_md``, also write them as that
+    section of the Markdown file (:func:`replace_markdown_section`; a new file starts with
+    :data:`BENCHMARKS_INTRO`). Returns 0, the benchmark's exit status."""
+    out(f"## {title}\n\n{body}")
+    if update_md:
+        replace_markdown_section(update_md, title, body, intro=BENCHMARKS_INTRO)
+        print(f"updated {update_md}", file=sys.stderr)
+    return 0
+
+
+def progress_logger() -> Callable[[str], None]:
+    """A ``log(msg)`` that prints ``[  12.3 s] msg`` (seconds since this call) to stderr."""
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def replace_markdown_section(path: Path | str, title: str, body: str, intro: str = "") -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -403,14 +402,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: 3, 0 with --quick)",
     )
     ap.add_argument("--dims", type=int, nargs="+", default=None, help="layer sizes d (default: 768 1024)")
-    ap.add_argument(
-        "--update-md",
-        nargs="?",
-        const="BENCHMARKS.md",
-        default=None,
-        metavar="PATH",
-        help="write the results as the 'bench.layers' section of PATH (default BENCHMARKS.md)",
-    )
+    common.add_update_md_argument(ap)
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 2:
         ap.error(
@@ -501,8 +493,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
         align="rlrrrrr",
     )
 
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m bench.layers", *map(shlex.quote, argv_list)])
+    command = common.command_line("bench.layers", argv)
     quick_note = (
         "\n**Smoke run (--quick): small layers, one thread, few repeats; the numbers are meaningless.**\n"
         if args.quick
@@ -556,22 +547,7 @@ merge/unmerge cycles in fp16/bf16).
 
 {merged_table}
 """
-    out(f"## {SECTION_TITLE}\n\n{body}")
-    if args.update_md:
-        common.replace_markdown_section(args.update_md, SECTION_TITLE, body, intro=BENCHMARKS_INTRO)
-        print(f"updated {args.update_md}", file=sys.stderr)
-    return 0
-
-
-BENCHMARKS_INTRO = """\
-# Benchmarks
-
-One `## ` section per benchmark script in `bench/`, each with the exact command, the machine, the
-date and the results. Comparisons are always measured interleaved in one process and reported as
-ratios (the machines these run on are shared, so absolute times drift). Shared helpers:
-`bench/common.py`.
-
-"""
+    return common.publish_section(SECTION_TITLE, body, args.update_md, out)
 
 
 if __name__ == "__main__":

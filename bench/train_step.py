@@ -40,7 +40,6 @@ import gc
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -596,29 +595,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="smoke mode: 2 layers of width 256, vocabulary 8192, batch 2x64, 2 steps; all memory in one subprocess",
     )
     ap.add_argument("--jobs", type=int, default=2, help="memory subprocesses run at once (default 2)")
+    variants = {"nargs": "+", "metavar": "VARIANT", "choices": sorted(VARIANTS_BY_NAME)}
     ap.add_argument(
         "--memory-only",
-        nargs="+",
-        metavar="VARIANT",
-        choices=sorted(VARIANTS_BY_NAME),
+        **variants,
         help="only measure the memory of VARIANT(s), one after another in this process; print JSON lines",
     )
-    ap.add_argument(
-        "--profile",
-        nargs="+",
-        metavar="VARIANT",
-        choices=sorted(VARIANTS_BY_NAME),
-        help="only print torch.profiler's top ops for one step of each VARIANT",
-    )
+    ap.add_argument("--profile", **variants, help="only print torch.profiler's top ops for one step of each VARIANT")
     ap.add_argument("--profile-rows", type=int, default=20, help="rows per profiler table (default 20)")
-    ap.add_argument(
-        "--update-md",
-        nargs="?",
-        const="BENCHMARKS.md",
-        default=None,
-        metavar="PATH",
-        help="write the results as this script's section of PATH (default BENCHMARKS.md)",
-    )
+    common.add_update_md_argument(ap)
     return ap.parse_args(argv)
 
 
@@ -640,10 +625,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     steps = args.steps or (2 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else 1
     inference_steps = args.inference_steps or steps
-    started = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    log = common.progress_logger()
 
     base = build_base(size)
     ids = make_batch(size)
@@ -692,8 +674,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     target_table = common.markdown_table(
         ["target", "configuration", "measured", "limit", "result"], train_targets + infer_targets, align="lllrc"
     )
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m bench.train_step", *map(shlex.quote, argv_list)])
+    command = common.command_line("bench.train_step", argv)
     quick_note = (
         "**Smoke run (--quick): a smaller model, few steps, memory of all variants measured in one subprocess; "
         "the numbers are meaningless.**\n\n"
@@ -738,11 +719,7 @@ eval mode, 2 sequences: {"; ".join(checks)}. Merged logits were checked equal to
 
 {MEMORY_NOTE}
 """
-    out(f"## {SECTION_TITLE}\n\n{body}")
-    if args.update_md:
-        common.replace_markdown_section(args.update_md, SECTION_TITLE, body)
-        print(f"updated {args.update_md}", file=sys.stderr)
-    return 0
+    return common.publish_section(SECTION_TITLE, body, args.update_md, out)
 
 
 if __name__ == "__main__":
