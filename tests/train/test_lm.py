@@ -297,7 +297,8 @@ def test_task_itemwise_predict_and_metrics_equal_corpus_level(lm, tok):
     for key in ("nll_per_token", "ppl", "bpc", "bpb", "word_ppl"):
         assert m[key] == pytest.approx(expected[key], rel=1e-5), key
     assert task.main_metric in task.metrics([0, 1], [0, 1])  # the loop's metric-name check
-    assert task.model_kind == "causal_lm" and task.num_labels == 0 and task.greater_is_better is False
+    assert task.model_kind == "causal_lm" and task.num_labels == 0
+    assert task.lower_is_better == task.metric_names  # all of them: the loop keeps the smallest
 
 
 def read_corpus_words(text: str) -> int:

@@ -11,14 +11,17 @@ import torch
 from lorakit.train import checkpoint as ckpt
 from lorakit.train.commands import eval_main, inspect_main, train_main
 from lorakit.train.loop import (
+    LoopState,
     ModelLoadError,
     NonFiniteLossError,
     WorkdirError,
+    _early_stopping,
+    _metric_names,
     apply_method,
     build_model,
     load_tokenizer,
 )
-from lorakit.train.tasks import DataError, get_task
+from lorakit.train.tasks import TASKS, DataError, get_task, is_lower_better, task_from_config
 
 # ------------------------------------------------------------------------------------------------------
 # A short run and what it leaves behind
@@ -115,6 +118,36 @@ def test_early_stopping_stops_when_the_metric_stalls(tmp_path, kit):
     results = kit.run(cfg, tmp_path / "run")
     assert results["stopped_early"] and results["steps"] < 40
     assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints").step == results["steps"]
+
+
+@pytest.mark.parametrize(("task_name", "metric", "lower"), [
+    ("quickstart", "acc", False), ("cola", "mcc", False), ("stsb", "pearson", False), ("mrpc", "f1", False),
+    ("multirc", "f1a", False), ("record", "em", False), ("squad", "f1", False), ("nq", "f1", False),
+    ("e2e", "BLEU", False), ("e2e", "CIDEr", False), ("dart", "TER", True), ("webnlg", "TER_unseen", True),
+    ("wikitext", "ppl", True), ("wikitext", "word_ppl", True), ("enwik8", "bpb", True), ("text8", "bpc", True),
+    ("text", "nll_per_token", True),
+])
+def test_best_dev_value_is_the_minimum_exactly_for_lower_is_better_metrics(kit, task_name, metric, lower):
+    cfg = kit.tiny_config(task={"name": task_name}, evaluation={"metric": metric},
+                          training={"early_stopping": {"patience": 2}})
+    task, state = task_from_config(cfg), LoopState()
+    for step, value in enumerate([2.0, 1.0, 3.0, 2.5], start=1):
+        state.step, state.last_eval = step, {metric: value}
+        _early_stopping(cfg, task, state)
+    assert (state.best_metric, state.best_step) == ((1.0, 2) if lower else (3.0, 3))
+    assert state.stopped_early == lower  # 3.0 and 2.5 are two evaluations without improvement on 1.0
+
+
+def test_only_ter_language_model_metrics_and_losses_are_lower_is_better():
+    minimised = {name: {m for m in _metric_names(get_task(name)) if is_lower_better(get_task(name), m)}
+                 for name in TASKS}
+    lm = {"nll_per_token", "ppl", "bpc", "bpb"}
+    assert {name: names for name, names in minimised.items() if names} == {
+        "webnlg": {"TER", "TER_seen", "TER_unseen"}, "dart": {"TER"},
+        "wikitext": lm | {"word_ppl"}, "enwik8": lm, "text8": lm, "text": lm,
+    }
+    assert is_lower_better(get_task("quickstart"), "loss") and is_lower_better(get_task("cola"), "nll")
+    assert is_lower_better(get_task("webnlg"), "TER_seen") and not is_lower_better(get_task("webnlg"), "BLEU_seen")
 
 
 def test_half_precision_on_cpu_falls_back_to_fp32_with_a_note(tmp_path, kit):

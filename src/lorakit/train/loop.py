@@ -43,7 +43,7 @@ from .build import (
 )
 from .config import Section, config_diff
 from .errors import ModelLoadError, NonFiniteLossError, TrainingError, WorkdirError
-from .tasks import DataError, task_from_config
+from .tasks import DataError, is_lower_better, task_from_config
 
 __all__ = [
     "train", "evaluate_workdir", "generate_workdir", "export_workdir", "predict_dataset", "build_model",
@@ -480,15 +480,12 @@ def _check_metric_name(cfg: Section, task, metrics: Iterable[str]) -> None:
                             f"choose one of {sorted(metrics)}")
 
 
-LOWER_IS_BETTER = ("TER", "ppl", "word_ppl", "bpc", "bpb", "nll", "nll_per_token", "loss")
-
-
 def _early_stopping(cfg: Section, task, state: LoopState) -> None:
-    """Track the best dev value (``LOWER_IS_BETTER`` metrics: the smallest) and count evaluations
-    without improvement; stop after ``training.early_stopping.patience`` of them."""
+    """Track the best dev value (the largest, or the smallest where the task says its metric is lower-is-better)
+    and count evaluations without improvement; stop after ``training.early_stopping.patience`` of them."""
     key = _main_metric(cfg, task)
     value = state.last_eval.get(key)
-    sign = -1.0 if key.split("_")[0] in LOWER_IS_BETTER or key in LOWER_IS_BETTER else 1.0
+    sign = -1.0 if is_lower_better(task, key) else 1.0
     es = cfg.training.early_stopping
     min_delta = es.min_delta if es is not None else 0.0
     if value is not None and math.isfinite(value) and (state.best_metric is None or

@@ -22,9 +22,11 @@ A task is an object with this contract (the loop calls nothing else):
 plus the attributes ``name``, ``num_labels`` (1 = regression, 0 = none: language models), ``main_metric``
 and optionally ``model_kind`` (``"classifier"``, the default: an encoder with a head; ``"causal_lm"``: a
 language model such as GPT-2), ``metric_names`` (what ``metrics`` reports, when it cannot be called on
-dummy input) and ``check_model(model)`` (raise ``DataError`` before training when the encoded data
-cannot run on the model, e.g. sequences beyond its positions). ``get_task(name, ...)`` returns a fresh
-task; ``task_from_config(cfg)`` one set up from a resolved experiment config; ``TASKS`` lists the names.
+dummy input), ``lower_is_better`` (the names of reported metrics that improve as they fall, e.g. TER or
+perplexity; default: none, every metric is maximised) and ``check_model(model)`` (raise ``DataError`` before
+training when the encoded data cannot run on the model, e.g. sequences beyond its positions).
+``get_task(name, ...)`` returns a fresh task; ``task_from_config(cfg)`` one set up from a resolved experiment
+config; ``is_lower_better(task, metric)`` reads a task's ``lower_is_better``; ``TASKS`` lists the names.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .squad import SQUAD_VERSIONS, SquadTask
 from .superglue import SUPERGLUE_SPECS, SuperGlueTask
 
 __all__ = ["DataError", "GlueTask", "NLGTask", "NQTask", "SquadTask", "SuperGlueTask", "TASKS", "get_task",
-           "task_from_config"]
+           "is_lower_better", "task_from_config"]
 
 LM_TASKS = ("wikitext", "enwik8", "text8", "text")
 TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, "nq", *SUPERGLUE_SPECS, *NLG_TASKS, *LM_TASKS)
@@ -85,3 +87,12 @@ def task_from_config(cfg: Any) -> Any:
     elif name == "nq":
         options["keep_html"] = cfg.data.keep_html
     return get_task(name, label_smoothing=cfg.training.label_smoothing, **options)
+
+
+_LOSSES = ("loss", "nll")  # a metric named like a loss (``loss``, ``nll_per_token`` ...) is minimised in any task
+
+
+def is_lower_better(task: Any, metric: str) -> bool:
+    """Whether a smaller value of ``metric`` (a name ``task.metrics`` reports) is the better one: the task's
+    ``lower_is_better`` names, and any loss (``loss``, ``nll`` or a name starting ``loss_`` / ``nll_``)."""
+    return metric in getattr(task, "lower_is_better", ()) or metric.split("_")[0] in _LOSSES

@@ -17,7 +17,7 @@ Items (``encode``):
   :func:`~lorakit.train.metrics.lm.sliding_window_nll` on the same text.
 
 The model (``model_kind = "causal_lm"``) maps ``input_ids``, ``attention_mask`` ``(batch, seq)`` to
-``.logits`` ``(batch, seq, vocab)``. All metrics are lower-is-better (``greater_is_better = False``).
+``.logits`` ``(batch, seq, vocab)``. All metrics are lower-is-better (``lower_is_better`` lists them all).
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ class LMTask:
 
     model_kind = "causal_lm"
     num_labels = 0
-    greater_is_better = False
 
     def __init__(self, spec: LMTaskSpec, label_smoothing: float = 0.0, stride: int | None = None,
                  add_bos: bool = True, split_sizes: Sequence[int] | None = None,
@@ -91,6 +90,11 @@ class LMTask:
     def metric_names(self) -> list[str]:
         """What ``metrics`` reports."""
         return ["nll_per_token", "ppl", "bpc", "bpb"] + (["word_ppl"] if self.spec.words else [])
+
+    @property
+    def lower_is_better(self) -> list[str]:
+        """Every metric: a mean NLL, perplexities and bits per character / byte all fall as the model improves."""
+        return self.metric_names
 
     # -- load --------------------------------------------------------------------------------------
     def load(self, split: str, data_dir: str | Path) -> list[Segment]:

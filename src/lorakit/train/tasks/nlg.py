@@ -49,6 +49,7 @@ class NLGTask:
     model_kind = "causal_lm"
     num_labels = 0
     main_metric = "BLEU"
+    lower_is_better = ("TER", "TER_seen", "TER_unseen")  # an edit rate; BLEU, NIST, METEOR, ROUGE_L, CIDEr rise
 
     def __init__(self, name: str, label_smoothing: float = 0.0, generation: Any = None):
         if name not in NLG_TASKS:
