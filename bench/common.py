@@ -1,10 +1,11 @@
-"""Helpers shared by the benchmarks in ``bench/``: timing, memory, tables, machine description.
+"""Helpers shared by the benchmarks in ``bench/``: timing, memory, tables, machine description, publishing.
 
 Conventions every benchmark follows (so that numbers from a shared, noisy machine stay comparable):
 
 * variants that are compared with each other are timed **interleaved in one process**: each round
   runs every variant once, in an order rotated from round to round, after interleaved warm-up
-  rounds;
+  rounds (:func:`interleaved_timings`, from :mod:`lorakit.timing`, which ``lorakit inspect
+  --latency`` uses too);
 * results are reported as **medians**, and comparisons as the median over rounds of the ratio of two
   variants timed in the same round (a paired ratio, robust to load that changes between rounds);
 * memory on CPU is the bytes the autograd graph keeps alive between forward and backward
@@ -16,22 +17,24 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
 import importlib.metadata
 import os
 import platform
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+# The interleaved timer lives in the package (``lorakit inspect --latency`` uses it too); the benchmarks
+# reach it as ``common.Case``, ``common.interleaved_timings`` ...
+from lorakit.timing import Case, Timings, interleaved_timings, paired_ratios, synchronize  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # machine description
@@ -109,122 +112,6 @@ def load_average() -> float:
 def today() -> str:
     """The date in ISO format (YYYY-MM-DD), for result records."""
     return _dt.date.today().isoformat()
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
-# ---------------------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for queued kernels on ``device`` (a no-op on CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@dataclass
-class Case:
-    """One variant to time: ``run`` is timed; ``reset`` (untimed) runs before every call of ``run``."""
-
-    run: Callable[[], object]
-    reset: Callable[[], object] | None = None
-
-
-@dataclass
-class Timings:
-    """Seconds per call of every case, one entry per round (rounds are aligned across cases)."""
-
-    samples: dict[str, list[float]] = field(default_factory=dict)
-
-    def median(self, name: str) -> float:
-        """Median seconds per call of ``name``."""
-        return statistics.median(self.samples[name])
-
-    def spread(self, name: str) -> float:
-        """Interquartile range over median of ``name``'s times: ~0.01-0.03 on an idle machine.
-
-        A large value flags rounds slowed down by other processes (the medians and paired ratios
-        are then less trustworthy).
-        """
-        q = statistics.quantiles(self.samples[name], n=4)
-        return (q[2] - q[0]) / q[1]
-
-    def ratio(self, num: str, den: str) -> float:
-        """Median over rounds of time(num) / time(den), both timed in the same round."""
-        return statistics.median(paired_ratios(self.samples[num], self.samples[den]))
-
-    def ratio_quartiles(self, num: str, den: str) -> tuple[float, float]:
-        """The 25th and 75th percentiles of the per-round ratio time(num) / time(den)."""
-        q = statistics.quantiles(paired_ratios(self.samples[num], self.samples[den]), n=4)
-        return q[0], q[2]
-
-    def ratio_shown(self, num: str, den: str) -> tuple[float, str]:
-        """The median ratio and its text, "1.234 (1.10–1.30)" with the interquartile range.
-
-        With fewer than 4 rounds the quartiles would be extrapolated, so only the median is shown.
-        """
-        value = self.ratio(num, den)
-        if len(self.samples[num]) >= 4:
-            lo, hi = self.ratio_quartiles(num, den)
-            return value, f"{value:.3f} ({lo:.2f}–{hi:.2f})"
-        return value, f"{value:.3f}"
-
-
-def paired_ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
-    """Element-wise num[i] / den[i] for two equally long sequences of per-round timings."""
-    if len(num) != len(den):
-        raise ValueError(f"paired timings must have equal lengths, got {len(num)} and {len(den)}")
-    return [a / b for a, b in zip(num, den, strict=True)]
-
-
-def interleaved_timings(
-    cases: Mapping[str, Case],
-    repeats: int,
-    warmup: int = 3,
-    device: torch.device | str = "cpu",
-    inner: int = 1,
-) -> Timings:
-    """Time every case ``repeats`` times, round-robin, after ``warmup`` untimed rounds.
-
-    Each round calls every case once, starting from a case that rotates from round to round so that
-    no variant always runs right after the same neighbour. ``inner`` > 1 times that many back-to-back
-    calls per sample (for calls too short for the timer) and divides. Python's garbage collector is
-    off while timing. Returns seconds per call.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    names = list(cases)
-    timings = Timings({name: [] for name in names})
-
-    def one_round(round_index: int, record: bool) -> None:
-        start = round_index % len(names)
-        for name in names[start:] + names[:start]:
-            case = cases[name]
-            elapsed = 0.0
-            for _ in range(inner):
-                if case.reset is not None:
-                    case.reset()
-                synchronize(device)
-                t0 = time.perf_counter()
-                case.run()
-                synchronize(device)
-                elapsed += time.perf_counter() - t0
-            if record:
-                timings.samples[name].append(elapsed / inner)
-
-    for i in range(warmup):
-        one_round(i, record=False)
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for i in range(repeats):
-            one_round(i, record=True)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return timings
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 The configs of the folder are grouped by base model (same ``model`` section, task and sequence length,
 ``--seq-len`` or else each config's ``data.max_length``). For each group and batch size, the base model
 (the same encoder and head, nothing inserted) and every method's model are timed **interleaved in one
-process** (``bench.common.interleaved_timings``): each round runs every variant once, starting from a
+process** (``lorakit.timing.forward_timings``): each round runs every variant once, starting from a
 variant that rotates from round to round, after ``--warmup`` untimed rounds. Eval mode,
 ``torch.no_grad()``, random token ids (seed 0), all-ones attention mask.
 
@@ -41,6 +41,7 @@ from torch import nn
 
 import lorakit
 from lorakit.adapt import lora_modules
+from lorakit.timing import compare_to_base, forward_timings
 from lorakit.train.commands import _load
 from lorakit.train.loop import _seed_everything, build_configured_model
 
@@ -137,22 +138,14 @@ def time_group(group: Group, batches: list[int], rounds: int, warmup: int) -> di
     out: dict[str, dict[str, Any]] = {v.label: {} for v in group.variants}
     timed = {"base": group.base, **{v.label: v.model for v in group.variants if v.model is not None}}
     for b in batches:
-        ids = torch.randint(0, group.vocab, (b, group.seq_len), generator=torch.Generator().manual_seed(0))
-        mask = torch.ones_like(ids)
-        cases = {name: common.Case(run=lambda m=m, ids=ids, mask=mask: m(input_ids=ids, attention_mask=mask))
-                 for name, m in timed.items()}
-        with torch.no_grad():
-            t = common.interleaved_timings(cases, repeats=rounds, warmup=warmup)
+        t = forward_timings(timed, b, group.seq_len, group.vocab, rounds, warmup)
         base_ms = 1000 * t.median("base")
         for v in group.variants:
             if v.model is None:
                 entry = {"base_ms": base_ms, "method_ms": None, "ratio": 1.0, "ratio_q1": None, "ratio_q3": None,
                          "overhead_pct": 0.0, "shown": SAME_STRUCTURE, "base_spread": None}
             else:
-                ratio, shown = t.ratio_shown(v.label, "base")
-                q1, q3 = t.ratio_quartiles(v.label, "base") if rounds >= 4 else (None, None)
-                entry = {"base_ms": base_ms, "method_ms": 1000 * t.median(v.label), "ratio": ratio,
-                         "ratio_q1": q1, "ratio_q3": q3, "overhead_pct": 100.0 * (ratio - 1.0), "shown": shown,
+                entry = {**compare_to_base(t, v.label), "shown": t.ratio_shown(v.label, "base")[1],
                          "base_spread": t.spread("base") if rounds >= 4 else None}
             out[v.label][f"batch_{b}"] = entry
     return out

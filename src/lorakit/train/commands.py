@@ -113,27 +113,30 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 
 def latency_summary(cfg: Section, batches: tuple[int, ...] = (1, 8), seq_len: int | None = None,
-                    repeats: int = 20) -> dict[str, Any]:
-    """Forward latency (median ms, eval mode, random ids of ``data.max_length`` tokens) of the configured
-    method against the base model (the same encoder and head, nothing inserted), at each batch size."""
+                    repeats: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Forward latency of the configured method against the base model (the same encoder and head, nothing
+    inserted) at each batch size: eval mode, ``torch.no_grad()``, random ids of ``seq_len`` (default
+    ``data.max_length``) tokens. The two models are timed interleaved (``lorakit.timing``: ``repeats``
+    rounds after ``warmup``, order rotated every round); per batch size ``batch_{b}`` holds
+    ``lorakit.timing.compare_to_base``: median ms of each, the median per-round ratio method / base with
+    its quartiles, and ``overhead_pct`` = 100 * (ratio - 1)."""
     import torch
 
-    from lorakit.methods import measure_latency
+    from lorakit.timing import compare_to_base, forward_timings
 
     from .loop import _seed_everything, build_configured_model
 
     _seed_everything(cfg.training.seed, False)
-    base = build_configured_model(cfg, with_method=False)
+    base = build_configured_model(cfg, with_method=False).eval()
     _seed_everything(cfg.training.seed, False)
-    adapted = build_configured_model(cfg)
+    adapted = build_configured_model(cfg).eval()
     vocab = int(getattr(getattr(base, "encoder", base).config, "vocab_size", 1000))
     seq = seq_len or cfg.data.max_length
-    out: dict[str, Any] = {"seq_len": seq, "threads": torch.get_num_threads(), "device": "cpu"}
+    out: dict[str, Any] = {"seq_len": seq, "threads": torch.get_num_threads(), "device": "cpu",
+                           "timing": "interleaved", "rounds": repeats, "warmup": warmup}
     for b in batches:
-        base_ms = measure_latency(base, b, seq, vocab, repeats)["median_ms"]
-        method_ms = measure_latency(adapted, b, seq, vocab, repeats)["median_ms"]
-        out[f"batch_{b}"] = {"base_ms": base_ms, "method_ms": method_ms,
-                             "overhead_pct": 100.0 * (method_ms / base_ms - 1.0)}
+        timings = forward_timings({"base": base, "method": adapted}, b, seq, vocab, repeats, warmup)
+        out[f"batch_{b}"] = compare_to_base(timings, "method")
     return out
 
 
@@ -176,7 +179,8 @@ def inspect_main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="a JSON config or a run's workdir")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--latency", action="store_true",
-                        help="also time the forward pass of the method against the base model at batch 1 and 8")
+                        help="also time the forward pass of the method against the base model at batch 1 and 8 "
+                             "(interleaved rounds; medians and the median per-round ratio)")
     _set_arg(parser)
     args = parser.parse_args(argv)
     try:
@@ -203,8 +207,10 @@ def inspect_main(argv: list[str] | None = None) -> int:
         lat = info["latency"]
         for key in (k for k in lat if k.startswith("batch_")):
             row = lat[key]
+            iqr = "" if row["ratio_q1"] is None else f"; ratio IQR {row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}"
             print(f"latency {key.replace('_', ' ')}, {lat['seq_len']} tokens: base {row['base_ms']:.2f} ms, "
-                  f"{info['method']} {row['method_ms']:.2f} ms ({row['overhead_pct']:+.1f}%)")
+                  f"{info['method']} {row['method_ms']:.2f} ms ({row['overhead_pct']:+.1f}%{iqr}; "
+                  f"interleaved, {lat['rounds']} rounds)")
     if info["lora_ranks"]:
         print(f"LoRA modules ({len(info['lora_ranks'])}):")
         for name, r in info["lora_ranks"].items():
