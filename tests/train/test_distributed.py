@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
+from lorakit.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object, unwrap
 
 
 def _free_port() -> int:
@@ -42,6 +42,12 @@ def test_single_process_helpers_are_no_ops():
     assert all_reduce_sum([1.5, 2.0], one) == [1.5, 2.0]
     assert all_gather_objects({"a": 1}, one) == [{"a": 1}]
     assert broadcast_object("x", one) == "x"
+
+
+def test_unwrap_returns_the_model_under_a_module_wrapper_and_a_plain_model_as_it_is():
+    model = torch.nn.Linear(3, 2)
+    assert unwrap(model) is model
+    assert unwrap(torch.nn.DataParallel(model)) is model  # on CPU it only holds the model, as DDP does
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

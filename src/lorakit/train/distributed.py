@@ -86,7 +86,10 @@ def wrap(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The plain model under a wrapper that holds it as ``.module`` (DDP, DataParallel, FSDP1): what to save,
+    inspect, or call step by step outside the wrapper's hooks (decoding). FSDP2's ``fully_shard`` wraps nothing,
+    so such a model, like a plain one, comes back as it is."""
+    return getattr(model, "module", model)
 
 
 def barrier(info: DistInfo) -> None:

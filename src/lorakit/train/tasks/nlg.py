@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import unwrap
 from .glue import DataError
 
 __all__ = ["NLG_TASKS", "NLGTask"]
@@ -190,7 +191,7 @@ class NLGTask:
         generator = None
         if g["strategy"] == "sample":
             generator = torch.Generator(device=batch["input_ids"].device).manual_seed(0)
-        out = generate(_unwrap(model), batch["input_ids"], batch["attention_mask"], config, eos_token_id=self.eos_id,
+        out = generate(unwrap(model), batch["input_ids"], batch["attention_mask"], config, eos_token_id=self.eos_id,
                        pad_token_id=self.pad_id, stop_sequences=self.stop_sequences, generator=generator)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
 
@@ -265,8 +266,3 @@ def _fast_webnlg(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
 
     scores = nlg.sacrebleu_scores(hyps, refs)
     return {"BLEU": scores["BLEU"], "TER": scores["TER"] / 100.0}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under DDP/FSDP wrappers (decoding calls it step by step, outside their hooks)."""
-    return getattr(model, "module", model)
