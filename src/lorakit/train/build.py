@@ -174,7 +174,39 @@ def build_configured_model(cfg: Section, task: Any = None, with_method: bool = T
     model = build_model(cfg.model, task.num_labels, _model_kind(task))
     if with_method:
         apply_method(model, cfg)
+    if cfg.training.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     return model
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> list[str]:
+    """Turn on activation recomputation in every Hugging Face transformer inside ``model``.
+
+    Uses the model's own ``gradient_checkpointing_enable`` with non-reentrant checkpoints, which
+    restore the RNG state before recomputing: dropout masks (the model's and LoRA's, whose seed is
+    drawn from torch's generator) come out the same in the recomputation, so the gradients equal
+    those of a run without checkpointing. Only training-mode forwards are checkpointed. Returns the
+    names of the modules switched on (``""`` for the model itself).
+    """
+    switched: list[str] = []
+    for name, module in model.named_modules():
+        if any(outer == "" or name.startswith(outer + ".") for outer in switched):
+            continue  # inside a model already switched on
+        if not getattr(module, "supports_gradient_checkpointing", False):
+            continue
+        kwargs = {"use_reentrant": False}
+        if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif hasattr(module, "gradient_checkpointing_enable"):
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            continue
+        switched.append(name)
+    if not switched:
+        raise TrainingError(
+            "training.gradient_checkpointing: this model has no Hugging Face transformer that supports it "
+            f"({type(model).__name__}); set it to false")
+    return switched
 
 
 def _model_kind(task) -> str:

@@ -115,7 +115,9 @@ SCHEMA: dict[str, Field] = {
         "'adapter_pfeiffer', 'prefix_embed', 'prefix_layer' (see lorakit.methods; LoRA + BitFit is 'lora' "
         "with bias 'all')",
         name=Field("str", "lora", choices=("lora", "full", "head_only", "ft_top2", "bitfit", "adapter_houlsby",
-                                           "adapter_pfeiffer", "prefix_embed", "prefix_layer")),
+                                           "adapter_pfeiffer", "prefix_embed", "prefix_layer"),
+                   help="the fine-tuning method; the baselines are described in docs/experiments.md, "
+                        "section 'Baselines of the LoRA paper'"),
         r=Field("int", 8, min=1, help="LoRA rank"),
         lora_alpha=Field("float", 16.0, min=0.0, min_exclusive=True, help="LoRA scaling is alpha / r"),
         lora_dropout=Field("float", 0.0, min=0.0, max=1.0, max_exclusive=True),
@@ -238,6 +240,11 @@ SCHEMA: dict[str, Field] = {
         label_smoothing=Field("float", 0.0, min=0.0, max=1.0, max_exclusive=True),
         seed=Field("int", 42, min=0),
         deterministic=Field("bool", False, help="torch deterministic algorithms (slower on GPU)"),
+        gradient_checkpointing=Field(
+            "bool", False,
+            help="recompute each transformer block's activations in backward instead of keeping them: "
+                 "less memory for about one more forward pass per step (Hugging Face models)",
+        ),
         precision=Field(
             "str", "auto", choices=("auto", "fp32", "bf16", "fp16"),
             help="autocast on GPU; on CPU training runs in fp32 (with a note if bf16/fp16 was asked)",
