@@ -177,9 +177,17 @@ class Linear(LoRALayer, nn.Linear):
     ):
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
         LoRALayer.__init__(self, r, lora_alpha, lora_dropout, merge_weights)
+        self._init_lora(fan_in_fan_out)
+
+    def _init_lora(self, fan_in_fan_out: bool, n_blocks: int = 1, lora_out_features: int | None = None) -> None:
+        """What ``Linear`` and ``MergedLinear`` do after ``nn.Linear`` and ``LoRALayer`` are set up: zero
+        ``lora_A`` (r * n_blocks, in_features) and ``lora_B`` (lora_out_features, r) when r > 0 and
+        n_blocks > 0, initialisation, then the weight stored (in_features, out_features) if
+        ``fan_in_fan_out``. ``lora_out_features``: the output rows the update reaches (default: all)."""
         self.fan_in_fan_out = fan_in_fan_out
-        if r > 0:
-            _add_lora_parameters(self, self.weight, (r, in_features), (out_features, r))
+        if self.r > 0 and n_blocks > 0:
+            rows = self.out_features if lora_out_features is None else lora_out_features
+            _add_lora_parameters(self, self.weight, (self.r * n_blocks, self.in_features), (rows, self.r))
         self.reset_parameters()
         if fan_in_fan_out:
             self.weight.data = self.weight.data.transpose(0, 1)
@@ -240,17 +248,12 @@ class MergedLinear(Linear):
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
         LoRALayer.__init__(self, r, lora_alpha, lora_dropout, merge_weights)
         self.enable_lora = enable_lora
-        self.fan_in_fan_out = fan_in_fan_out
-        n_enabled = sum(enable_lora)
-        if r > 0 and n_enabled > 0:
-            out_per_slice = out_features // len(enable_lora)
-            _add_lora_parameters(self, self.weight, (r * n_enabled, in_features), (out_per_slice * n_enabled, r))
-            row_mask = torch.zeros(len(enable_lora), out_features // len(enable_lora), dtype=torch.bool)
+        n_enabled, out_per_slice = sum(enable_lora), out_features // len(enable_lora)
+        self._init_lora(fan_in_fan_out, n_blocks=n_enabled, lora_out_features=out_per_slice * n_enabled)
+        if self.has_lora:
+            row_mask = torch.zeros(len(enable_lora), out_per_slice, dtype=torch.bool)
             row_mask[torch.tensor(enable_lora)] = True
             self.register_buffer("lora_ind", row_mask.view(-1), persistent=False)
-        self.reset_parameters()
-        if fan_in_fan_out:
-            self.weight.data = self.weight.data.transpose(0, 1)
 
     def _lora_b(self) -> Tensor:
         return LF.group_block_b(self.lora_B, self.lora_ind, sum(self.enable_lora))
