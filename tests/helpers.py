@@ -1,4 +1,5 @@
-"""Helpers shared by test modules: where the real datasets and the offline MiniLM are, random LoRA weights.
+"""Helpers shared by test modules: where the real datasets, the GPT-2 tokenizer and the offline MiniLM are,
+random LoRA weights.
 
 ``tests/`` is on ``sys.path`` while pytest runs (it imports ``tests/conftest.py`` from there), so any test
 module, also under ``tests/train/``, can ``from helpers import ...``. (``from conftest import`` would get
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +29,20 @@ def shared_data() -> Path:
         if candidate.is_dir():
             return candidate
     return REPO.parent / "shared" / "data"
+
+
+def need(path: Path) -> Path:
+    """``path`` (a file or folder of the shared data), after a check that it exists: a test that reads it fails,
+    never skips, naming what it looked for."""
+    assert path.exists(), f"{path} not found: these tests read the project's shared data (set LORAKIT_DATA)"
+    return path
+
+
+def gpt2_tokenizer() -> Any:
+    """The real GPT-2 tokenizer (``gpt2-vocab`` of the shared data), freshly loaded."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(need(shared_data() / "gpt2-vocab")))
 
 
 def minilm_folder() -> Path:

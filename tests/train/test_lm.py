@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import shared_data
+from helpers import gpt2_tokenizer, need, shared_data
 
 from lorakit.train.metrics.lm import (
     CorpusError,
@@ -30,20 +30,12 @@ from lorakit.train.tasks.lm import get_lm_task
 DATA = shared_data()
 WIKITEXT = DATA / "wikitext-2"
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
-GPT2_VOCAB = DATA / "gpt2-vocab"
 LN2 = math.log(2.0)
-
-
-def _need(path: Path) -> Path:
-    assert path.exists(), f"{path} not found: these tests read the project's shared data (set LORAKIT_DATA)"
-    return path
 
 
 @pytest.fixture(scope="module")
 def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(_need(GPT2_VOCAB)))
+    return gpt2_tokenizer()
 
 
 def _tiny_gpt2():
@@ -62,7 +54,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def wiki_text() -> str:
-    return (_need(WIKITEXT / "valid.txt")).read_text(encoding="utf-8")[:1500]
+    return (need(WIKITEXT / "valid.txt")).read_text(encoding="utf-8")[:1500]
 
 
 def _token_nll(model, ids: torch.Tensor, t: int, begin: int) -> float:
@@ -160,14 +152,14 @@ def test_lm_metrics_hand_worked():
 
 
 def test_wikitext_word_count_matches_official_counts():
-    valid = read_corpus(_need(WIKITEXT), "wikitext", "valid")
+    valid = read_corpus(need(WIKITEXT), "wikitext", "valid")
     assert valid.n_words == 217646
     assert int(char_word_units(valid.text).sum()) == 217646
     assert read_corpus(WIKITEXT / "test.txt", "wikitext", "test").n_words == 245569
 
 
 def test_token_attribution_adds_up_on_the_real_file(tok):
-    text = read_corpus(_need(WIKITEXT), "wikitext", "dev").text[:200_000]
+    text = read_corpus(need(WIKITEXT), "wikitext", "dev").text[:200_000]
     whole = tokenize_text(tok, text, word_units=True)
     pieces = tokenize_text(tok, text, word_units=True, chunk_chars=20_000)  # cut at line starts
     assert torch.equal(whole.ids, pieces.ids) and torch.equal(whole.n_bytes, pieces.n_bytes)
@@ -212,7 +204,7 @@ def test_text8_and_text_layouts(tmp_path):
     (tmp_path / "text8").write_text(words)
     test = read_corpus(tmp_path / "text8", "text8", "test", split_sizes=(900, 50, 50))
     assert test.text == words[950:] and test.n_chars == test.n_bytes == 50
-    full = _need(SHAKESPEARE).read_text(encoding="utf-8")
+    full = need(SHAKESPEARE).read_text(encoding="utf-8")
     parts = [read_corpus(SHAKESPEARE, "text", s, split_fraction=(0.8, 0.1)).text for s in ("train", "valid", "test")]
     assert "".join(parts) == full and len(parts[0]) == round(0.8 * len(full))
     assert read_corpus(SHAKESPEARE.parent, "text", "all").n_chars == 1115394
@@ -283,7 +275,7 @@ def test_mlm_windows_score_each_token_once(n, w, s):
 
 def test_task_itemwise_predict_and_metrics_equal_corpus_level(lm, tok):
     task = get_lm_task("wikitext", stride=12)
-    segments = task.load("dev", _need(WIKITEXT))[:12]
+    segments = task.load("dev", need(WIKITEXT))[:12]
     text = "".join(s.text for s in segments)
     items = task.encode(segments, tok, SimpleNamespace(max_length=32))
     preds = []
@@ -307,7 +299,7 @@ def read_corpus_words(text: str) -> int:
 
 def test_task_training_blocks_and_loss(lm, tok):
     task = get_lm_task("text", label_smoothing=0.0)
-    segments = task.load("train", _need(SHAKESPEARE))[:60]
+    segments = task.load("train", need(SHAKESPEARE))[:60]
     items = task.encode(segments, tok, SimpleNamespace(max_length=24), training=True)
     text = "".join(s.text for s in segments)
     ids = tokenize_text(tok, text, add_bos=False, counts=False).ids
@@ -342,7 +334,7 @@ def test_lm_eval_command_end_to_end(model_dir, tmp_path, lm, tok, capsys):
     from lorakit.cli import main as cli
 
     out = tmp_path / "metrics.json"
-    argv = ["lm-eval", "--model", str(model_dir), "--text", str(_need(WIKITEXT)), "--layout", "wikitext",
+    argv = ["lm-eval", "--model", str(model_dir), "--text", str(need(WIKITEXT)), "--layout", "wikitext",
             "--split", "valid", "--max-chars", "2000", "--context", "64", "--stride", "32", "--batch-size", "4",
             "--no-progress", "--out", str(out)]
     assert cli(argv) == 0
@@ -369,7 +361,7 @@ def test_lm_eval_with_adapter_and_mlm(model_dir, tmp_path, tok):
             if "lora_" in name:
                 p.normal_(0, 0.5)
     lorakit.save_adapter(model, tmp_path / "adapter")
-    text = _need(SHAKESPEARE).read_text(encoding="utf-8")[:500]
+    text = need(SHAKESPEARE).read_text(encoding="utf-8")[:500]
     (tmp_path / "input.txt").write_text(text)
     common = ["--text", str(tmp_path / "input.txt"), "--split", "all", "--context", "32", "--no-progress"]
     assert main(["--model", str(model_dir), "--adapter", str(tmp_path / "adapter"), *common,

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-from pathlib import Path
 
 import pytest
+from helpers import need, shared_data
 
 from lorakit.train.metrics.nlg import (
     JavaNotFoundError,
@@ -40,8 +39,7 @@ from lorakit.train.metrics.nlg import (
     webnlg_metrics,
 )
 
-DATA = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-E2E_DEV = DATA / "e2e" / "devset.csv"
+E2E_DEV = shared_data() / "e2e" / "devset.csv"
 
 OFFICIAL = {
     "sys_a": {"BLEU": 0.8907769289, "NIST": 10.9425215356, "METEOR": 0.5983418840243542,
@@ -68,8 +66,7 @@ def _system(k: int, refs: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def e2e_slice() -> tuple[list[list[str]], dict[str, list[str]]]:
-    assert E2E_DEV.is_file(), f"E2E devset.csv not found at {E2E_DEV}; set LORAKIT_DATA to the data folder"
-    with E2E_DEV.open(encoding="utf-8", newline="") as f:
+    with need(E2E_DEV).open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))[1:]
     _, groups = group_references([mr for mr, _ in rows], [ref.strip() for _, ref in rows])
     groups = groups[:50]

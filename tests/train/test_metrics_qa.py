@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from pathlib import Path
 
 import pytest
+from helpers import need, shared_data
 
 from lorakit.train.metrics.qa import (
     exact_match_score,
@@ -31,13 +30,11 @@ from lorakit.train.metrics.qa import (
     squad_v2_scores,
 )
 
-DATA = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-SQUAD_DEV = DATA / "squad" / "dev-v1.1.json"
+SQUAD_DEV = shared_data() / "squad" / "dev-v1.1.json"
 
 
 def _dev() -> dict:
-    assert SQUAD_DEV.is_file(), f"SQuAD dev set not found at {SQUAD_DEV}; set LORAKIT_DATA to the data folder"
-    return json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
+    return json.loads(need(SQUAD_DEV).read_text(encoding="utf-8"))
 
 
 def _predictions(dataset: dict) -> dict[str, str]:

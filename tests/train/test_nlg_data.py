@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import shared_data
+from helpers import need, shared_data
 
 from lorakit.train.tasks.glue import DataError
 from lorakit.train.tasks.nlg_data import (
@@ -32,18 +32,13 @@ WEBNLG = DATA / "webnlg_challenge_2017"
 DART = DATA / "dart"
 
 
-def _need(path: Path) -> Path:
-    assert path.exists(), f"{path} not found: these tests read the project's shared data; set LORAKIT_DATA"
-    return path
-
-
 def _refs(examples: list[NLGExample]) -> int:
     return sum(len(e.references) for e in examples)
 
 
 def _xml_slice(path: Path, entries: int) -> str:
     """The first ``entries`` <entry> elements of a real WebNLG/DART XML file, as a complete document."""
-    text = _need(path).read_text(encoding="utf-8")
+    text = need(path).read_text(encoding="utf-8")
     end = 0
     for _ in range(entries):
         end = text.index("</entry>", end) + len("</entry>")
@@ -60,7 +55,7 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 # -- E2E ------------------------------------------------------------------------------------------------
 
 def test_e2e_official_csv_groups_references_by_mr():
-    train = read_e2e(_need(E2E / "trainset.csv"))
+    train = read_e2e(need(E2E / "trainset.csv"))
     assert (len(train), _refs(train)) == (4862, 42061)
     first = train[0]
     assert first.context == ("name[The Vaults], eatType[pub], priceRange[more than £30], customer rating[5 out of 5], "
@@ -78,7 +73,7 @@ def test_e2e_official_csv_groups_references_by_mr():
 
 
 def test_e2e_lora_text_format_groups_the_same_way_and_keeps_its_mr():
-    valid = read_e2e(_need(E2E / "lora_format" / "valid.txt"))
+    valid = read_e2e(need(E2E / "lora_format" / "valid.txt"))
     assert (len(valid), _refs(valid)) == (547, 4672)
     assert valid[0].context == "name : Alimentum | area : city centre | family friendly : no"
     assert valid[0].references[0] == ("There is a place in the city centre , Alimentum , that is not family - "
@@ -93,7 +88,7 @@ def test_e2e_lora_text_format_groups_the_same_way_and_keeps_its_mr():
 # -- WebNLG ---------------------------------------------------------------------------------------------
 
 def test_webnlg_train_and_dev_folders_keep_good_lexicalisations_only():
-    train = read_webnlg(_need(WEBNLG / "train"))
+    train = read_webnlg(need(WEBNLG / "train"))
     # 6940 entries / 18102 lexicalisations, of which 77 "toFix"; 5 entries have toFix ones only
     assert (len(train), _refs(train)) == (6935, 18025)
     assert {e.category for e in train} == WEBNLG_SEEN_CATEGORIES and all(e.seen for e in train)
@@ -106,14 +101,14 @@ def test_webnlg_train_and_dev_folders_keep_good_lexicalisations_only():
 
 def test_webnlg_lora_json_reads_exactly_like_the_dev_xml():
     xml = read_webnlg(WEBNLG / "dev")
-    lora = read_webnlg(_need(WEBNLG / "lora_format" / "dev.json"))
+    lora = read_webnlg(need(WEBNLG / "lora_format" / "dev.json"))
     assert [(e.context, e.references, e.category, e.seen) for e in lora] == \
         [(e.context, e.references, e.category, e.seen) for e in xml]
     assert lora[0].source == f"{WEBNLG / 'lora_format' / 'dev.json'}#1"
 
 
 def test_webnlg_test_files_seen_unseen_and_no_lex():
-    test = read_webnlg(_need(WEBNLG / "test" / "testdata_with_lex.xml"))
+    test = read_webnlg(need(WEBNLG / "test" / "testdata_with_lex.xml"))
     assert (len(test), _refs(test)) == (1862, 4928)
     unseen = [e for e in test if not e.seen]
     assert {e.category for e in unseen} == WEBNLG_UNSEEN_CATEGORIES
@@ -141,7 +136,7 @@ def test_linearize_triples():
 # -- DART -----------------------------------------------------------------------------------------------
 
 def test_dart_json_and_xml():
-    dev = read_dart(_need(DART / "lora_format" / "dart-v1.1.1-full-dev.json"))
+    dev = read_dart(need(DART / "lora_format" / "dart-v1.1.1-full-dev.json"))
     assert (len(dev), _refs(dev)) == (2768, 6980)
     assert dev[0].context == ("Mars Hill College : JOINED : 1973 | Mars Hill College : LOCATION : Mars Hill, "
                               "North Carolina")
@@ -149,7 +144,7 @@ def test_dart_json_and_xml():
     assert dev[0].source.endswith("dart-v1.1.1-full-dev.json#0") and dev[0].category is None and dev[0].seen is None
     head = read_dart(DART / "yale-lily_head" / "dart-v1.1.1-full-dev.json")  # CRLF copy of the same JSON
     assert [(e.context, e.references) for e in head] == [(e.context, e.references) for e in dev]
-    test = read_dart(_need(DART / "yale-lily_head" / "dart-v1.1.1-full-test.xml"))
+    test = read_dart(need(DART / "yale-lily_head" / "dart-v1.1.1-full-test.xml"))
     assert (len(test), _refs(test)) == (5097, 12551)  # 12552 <lex>, one of them empty (Id116, dropped)
     (id116,) = [e for e in test if e.source.endswith("#Id116")]
     assert id116.references == ("reserved (previously G721) has 1 channel and 8000 Hz clock rate",)
@@ -160,7 +155,7 @@ def test_dart_json_and_xml():
 # -- locating splits ------------------------------------------------------------------------------------
 
 def test_find_split_file_accepts_the_dataset_folder_or_its_parent():
-    _need(DATA)
+    need(DATA)
     assert find_split_file("e2e", "train", DATA) == E2E / "trainset.csv"
     assert find_split_file("e2e", "valid", E2E) == E2E / "devset.csv"
     assert find_split_file("E2E", "test", E2E) == E2E / "testset_w_refs.csv"
@@ -183,7 +178,7 @@ def test_find_split_file_accepts_the_dataset_folder_or_its_parent():
 
 
 def test_read_split_uses_the_right_reader_and_requires_references(tmp_path):
-    dev = read_split("webnlg", "dev", _need(DATA))
+    dev = read_split("webnlg", "dev", need(DATA))
     assert len(dev) == 871 and dev[0].category == "Airport"
     no_lex = _xml_slice(WEBNLG / "test" / "testdata_no_lex.xml", 3)
     _write(tmp_path / "webnlg", "test/testdata_with_lex.xml", no_lex)
@@ -194,7 +189,7 @@ def test_read_split_uses_the_right_reader_and_requires_references(tmp_path):
 # -- bad input ------------------------------------------------------------------------------------------
 
 def _e2e_lines(name: str, count: int) -> list[str]:
-    return _need(E2E / name).read_text(encoding="utf-8").splitlines()[:count]
+    return need(E2E / name).read_text(encoding="utf-8").splitlines()[:count]
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -279,7 +274,7 @@ def test_xml_entries_without_triples_or_references(tmp_path):
 
 
 def test_json_entries_missing_fields(tmp_path):
-    webnlg = json.loads(_need(WEBNLG / "lora_format" / "dev.json").read_text(encoding="utf-8"))
+    webnlg = json.loads(need(WEBNLG / "lora_format" / "dev.json").read_text(encoding="utf-8"))
     webnlg["entries"] = webnlg["entries"][:3]
     del webnlg["entries"][1]["2"]["modifiedtripleset"]
     with pytest.raises(DataError, match=r"dev.json#2: missing field 'modifiedtripleset'"):
@@ -290,7 +285,7 @@ def test_json_entries_missing_fields(tmp_path):
     with pytest.raises(DataError, match=r"dev2.json#3: empty reference text"):
         read_webnlg(_write(tmp_path, "dev2.json", json.dumps(webnlg)))
 
-    dart = json.loads(_need(DART / "lora_format" / "dart-v1.1.1-full-dev.json").read_text(encoding="utf-8"))[:4]
+    dart = json.loads(need(DART / "lora_format" / "dart-v1.1.1-full-dev.json").read_text(encoding="utf-8"))[:4]
     del dart[2]["annotations"][0]["text"]
     with pytest.raises(DataError, match=r"dart.json#2: missing field 'text'"):
         read_dart(_write(tmp_path, "dart.json", json.dumps(dart)))

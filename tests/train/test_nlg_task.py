@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import shared_data
+from helpers import gpt2_tokenizer, need, shared_data
 
 from lorakit.train.config import validate
 from lorakit.train.tasks import DataError, get_task
@@ -29,25 +29,18 @@ TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_e
              "eos_token_id": 50256}
 
 
-def _need(path: Path) -> Path:
-    assert path.exists(), f"{path} not found: these tests read the project's shared data (set LORAKIT_DATA)"
-    return path
-
-
 @pytest.fixture(scope="module")
 def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(_need(GPT2_VOCAB)))
+    return gpt2_tokenizer()
 
 
 def _raw(tmp_path: Path, **sections) -> dict:
     raw = {
-        "model": {"architecture": dict(TINY_GPT2), "tokenizer": str(_need(GPT2_VOCAB))},
+        "model": {"architecture": dict(TINY_GPT2), "tokenizer": str(need(GPT2_VOCAB))},
         "method": {"name": "lora", "r": 4, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": ["c_attn"],
                    "enable_lora": {"c_attn": [True, False, True]}},
         "task": {"name": "e2e"},
-        "data": {"dir": str(_need(E2E)), "max_length": 96, "max_prompt_length": 48, "max_train_examples": 6,
+        "data": {"dir": str(need(E2E)), "max_length": 96, "max_prompt_length": 48, "max_train_examples": 6,
                  "max_eval_examples": 5},
         "generation": {"num_beams": 3, "max_new_tokens": 8, "metrics": "fast"},
         "optimizer": {"lr": 2e-3, "weight_decay": 0.01},
@@ -64,12 +57,12 @@ def _raw(tmp_path: Path, **sections) -> dict:
 
 def _encode(task, tok, split: str, n: int, training: bool, **data):
     cfg = validate({"model": {"name_or_path": "x"}, "data": data}).data
-    return task.encode(task.load(split, _need(E2E))[:n], tok, cfg, training=training)
+    return task.encode(task.load(split, need(E2E))[:n], tok, cfg, training=training)
 
 
 def test_training_items_hold_one_reference_each_and_mask_the_prompt(tok):
     task = get_task("e2e")
-    examples = task.load("train", _need(E2E))[:3]
+    examples = task.load("train", need(E2E))[:3]
     items = _encode(task, tok, "train", 3, training=True)
     assert len(items) == sum(len(e.references) for e in examples)  # one item per (MR, reference)
     first = items[0]
@@ -83,7 +76,7 @@ def test_training_items_hold_one_reference_each_and_mask_the_prompt(tok):
 
 def test_evaluation_items_hold_the_prompt_and_every_reference(tok):
     task = get_task("e2e")
-    examples = task.load("dev", _need(E2E))[:4]
+    examples = task.load("dev", need(E2E))[:4]
     items = _encode(task, tok, "dev", 4, training=False)
     assert len(items) == 4
     for item, e in zip(items, examples, strict=True):
@@ -119,7 +112,7 @@ def test_loss_is_cross_entropy_on_completion_tokens_only(tok):
 
 def test_identical_outputs_score_perfectly_and_webnlg_reports_seen_and_unseen(tok):
     task = get_task("webnlg", generation={"metrics": "fast"})
-    dev = task.load("test", _need(WEBNLG))
+    dev = task.load("test", need(WEBNLG))
     seen = [e for e in dev if e.seen][:20]
     unseen = [e for e in dev if not e.seen][:20]
     refs = [{"references": list(e.references), "seen": e.seen} for e in seen + unseen]

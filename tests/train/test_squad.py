@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import need, shared_data
 from torch import nn
 
 from lorakit.train.tasks import DataError, get_task
 from lorakit.train.tasks.squad import SpanPrediction
 
-_SHARED = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-SQUAD_DEV = Path(os.environ.get("LORAKIT_SQUAD_DATA", _SHARED / "squad")) / "dev-v1.1.json"
+SQUAD_DEV = Path(os.environ.get("LORAKIT_SQUAD_DATA", shared_data() / "squad")) / "dev-v1.1.json"
 WINDOW = {"max_length": 64, "doc_stride": 16, "max_query_length": 24, "max_answer_length": 30}
 
 
@@ -31,9 +31,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def squad_slice(tmp_path_factory) -> Path:
     """The first 3 paragraphs of the first 2 articles of the real dev set, as train and dev."""
-    assert SQUAD_DEV.is_file(), f"SQuAD dev set not found at {SQUAD_DEV}: these tests read the shared data " \
-        "(set LORAKIT_DATA or LORAKIT_SQUAD_DATA)"
-    full = json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
+    full = json.loads(need(SQUAD_DEV).read_text(encoding="utf-8"))
     part = {"version": full["version"],
             "data": [{"title": a["title"], "paragraphs": a["paragraphs"][:3]} for a in full["data"][:2]]}
     folder = tmp_path_factory.mktemp("squad")
