@@ -192,34 +192,26 @@ def _e2e_lines(name: str, count: int) -> list[str]:
     return need(E2E / name).read_text(encoding="utf-8").splitlines()[:count]
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("name : Alimentum | area : city centre There is a place .", r"valid.txt:2: expected one 'MR\|\|text' "
-                                                                  r"separator '\|\|', found none"),
-    ("||There is a place .", r"valid.txt:2: empty MR"),
-    ("name : Alimentum | area city centre||There is a place .", r"valid.txt:2: MR 'name : Alimentum \| area city "
-                                                                 r"centre' is not of the form 'key\[value\]"),
-    ("name : Alimentum||   ", r"valid.txt:2: empty reference text"),
+@pytest.mark.parametrize(("name", "line", "message"), [
+    ("lora_format/valid.txt", "name : Alimentum | area : city centre There is a place .",
+     r"valid.txt:3: expected one 'MR\|\|text' separator '\|\|', found none"),
+    ("lora_format/valid.txt", "||There is a place .", r"valid.txt:3: empty MR"),
+    ("lora_format/valid.txt", "name : Alimentum | area city centre||There is a place .",
+     r"valid.txt:3: MR 'name : Alimentum \| area city centre' is not of the form 'key\[value\]"),
+    ("lora_format/valid.txt", "name : Alimentum||   ", r"valid.txt:3: empty reference text"),
+    ("devset.csv", '"name[Alimentum], area[city centre]",A text.,extra',
+     r"devset.csv:3: expected 2 columns \(mr,ref\), found 3"),
+    ("devset.csv", "A lonely field", r"devset.csv:3: expected 2 columns \(mr,ref\), found 1"),
+    ("devset.csv", '"",Some text.', r"devset.csv:3: empty MR"),
+    ("devset.csv", '"name: Alimentum, area: city centre",Some text.',
+     r"devset.csv:3: MR 'name: Alimentum, area: city centre' is not of the form 'key\[value\], key\[value\], \.\.\.'"),
+    ("devset.csv", '"name[Alimentum], area[city centre]", ', r"devset.csv:3: empty reference text"),
 ])
-def test_e2e_bad_lora_lines(tmp_path, line, message):
-    lines = _e2e_lines("lora_format/valid.txt", 3)
-    lines[1] = line
-    path = _write(tmp_path, "valid.txt", "\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=message):
-        read_e2e(path)
-
-
-@pytest.mark.parametrize(("row", "message"), [
-    ('"name[Alimentum], area[city centre]",A text.,extra', r"devset.csv:3: expected 2 columns \(mr,ref\), found 3"),
-    ("A lonely field", r"devset.csv:3: expected 2 columns \(mr,ref\), found 1"),
-    ('"",Some text.', r"devset.csv:3: empty MR"),
-    ('"name: Alimentum, area: city centre",Some text.', r"devset.csv:3: MR 'name: Alimentum, area: city centre' is "
-                                                        r"not of the form 'key\[value\], key\[value\], \.\.\.'"),
-    ('"name[Alimentum], area[city centre]", ', r"devset.csv:3: empty reference text"),
-])
-def test_e2e_bad_csv_rows(tmp_path, row, message):
-    lines = _e2e_lines("devset.csv", 4)
-    lines[2] = row
-    path = _write(tmp_path, "devset.csv", "\n".join(lines) + "\n")
+def test_e2e_bad_line_is_reported_with_file_and_line(tmp_path, name, line, message):
+    """Both E2E formats: the LoRA repository's ``MR||text`` lines and the official ``mr,ref`` CSV."""
+    lines = _e2e_lines(name, 4)
+    lines[2] = line
+    path = _write(tmp_path, Path(name).name, "\n".join(lines) + "\n")
     with pytest.raises(DataError, match=message):
         read_e2e(path)
 
