@@ -126,3 +126,13 @@ def test_superglue_cb_multirc_record():
     assert rec == pytest.approx({"em": 0.5, "f1": (1 + 2 / 3) / 2})
     with pytest.raises(ValueError, match="non-empty list of gold answers"):
         record_metrics(["x"], [[]])
+
+
+def test_the_metrics_package_reexports_each_module_public_names():
+    import lorakit.train.metrics as package
+    from lorakit.train.metrics import classification, nlg, qa
+
+    for module in (classification, nlg, qa):
+        for name in module.__all__:
+            assert getattr(package, name) is getattr(module, name), f"lorakit.train.metrics.{name}"
+    assert "accuracy" in package.__all__ and "squad_v2_scores" in package.__all__ and "e2e_metrics" in package.__all__
