@@ -84,7 +84,7 @@ def git_revision(paths: Sequence[str] = ("src",), cwd: Path | str | None = None)
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
+        ).stdout.rstrip()  # not strip(): porcelain lines start with a status column that may be a space
 
     try:
         head = git("rev-parse", "--short", "HEAD")

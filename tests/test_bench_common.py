@@ -43,3 +43,23 @@ def test_every_script_takes_update_md_with_and_without_a_path(module):
     assert parse_args([]).update_md is None
     assert parse_args(["--update-md"]).update_md == "BENCHMARKS.md"
     assert parse_args(["--update-md", "other.md"]).update_md == "other.md"
+
+
+def test_git_revision_names_every_modified_file_in_full(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    for name in ("a.py", "b.py"):
+        (tmp_path / "src" / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "src")
+    git("commit", "-q", "-m", "init")
+    head = common.git_revision(("src",), cwd=tmp_path)
+    assert head and " " not in head
+    for name in ("a.py", "b.py"):
+        (tmp_path / "src" / name).write_text("x = 2\n")
+    assert common.git_revision(("src",), cwd=tmp_path) == f"{head} (modified: src/a.py, src/b.py)"
