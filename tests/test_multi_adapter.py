@@ -430,3 +430,34 @@ def test_hotswap_with_other_rank_is_refused_and_changes_nothing(tiny_gpt2, tmp_p
     with pytest.raises(ValueError, match="same rank"):
         lorakit.hotswap_adapter(model, tmp_path)
     torch.testing.assert_close(logits(model), before)
+
+
+def test_dora_with_dropout_trains_exactly_like_peft(tiny_gpt2, tmp_path):
+    """In training, dropout also reaches DoRA's (m/n - 1) correction of the base term (the DoRA authors'
+    code and PEFT): from the same seed, lorakit and PEFT give the same loss and the same gradients."""
+    base = tiny_gpt2
+    config = lorakit.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["c_attn", "c_fc"],
+                                use_dora=True)
+    model = lorakit.inject(copy.deepcopy(base), config)
+    randomize_lora(model)
+    with torch.no_grad():
+        for _, m in lorakit.adapt.lora_modules(model):
+            m.lora_magnitude_vector["default"].mul_(1.3)
+    lorakit.save_adapter(model, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path), is_trainable=True)
+    losses = []
+    for m in (model.train(), theirs.train()):
+        torch.manual_seed(11)
+        loss = m(input_ids=IDS, labels=IDS).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.manual_seed(12)
+    assert model(input_ids=IDS, labels=IDS).loss.item() != pytest.approx(losses[0].item(), rel=1e-6)
+    ours = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    peft_grads = {n.removeprefix("base_model.model.").replace(".default", "").removesuffix(".weight"): p.grad
+                  for n, p in theirs.named_parameters() if p.grad is not None}
+    ours = {n.replace(".default", ""): g for n, g in ours.items()}
+    assert ours.keys() == peft_grads.keys() and any("magnitude" in n for n in ours)
+    for name in ours:
+        torch.testing.assert_close(ours[name], peft_grads[name], msg=name)

@@ -467,23 +467,41 @@ class LoraLinear(LoraModule):
 
     def _forward_unmerged(self, x: Tensor) -> Tensor:
         first, *rest = self.active_adapters
-        bias = self.base_layer.bias
-        dora = first in self.lora_magnitude_vector
-        out = LF.lora_linear(
-            x, self._as_out_in(self._pretrained_weight()), None if dora else bias, self.lora_A[first],
-            self.dense_b(first), self.scaling[first], self.dropout_p[first], self.training,
-        )
-        if dora:  # DoRA (Liu et al. 2024): m / ||W + sBA|| (x W^T + s x A^T B^T) + b; the norm is a constant
-            with torch.no_grad():
-                norm = self.dora_row_norm(first)
-            scale = self.lora_magnitude_vector[first] / norm  # (out,)
-            out = torch.addcmul(bias, out, scale) if bias is not None else out * scale  # one pass over out
+        if first in self.lora_magnitude_vector:
+            out = self._forward_dora(x, first)
+        else:
+            out = LF.lora_linear(
+                x, self._as_out_in(self._pretrained_weight()), self.base_layer.bias, self.lora_A[first],
+                self.dense_b(first), self.scaling[first], self.dropout_p[first], self.training,
+            )
         for name in rest:
             if name in self.lora_magnitude_vector:
                 raise ValueError("a DoRA adapter can only be active alone or first among the active adapters")
             x_in = F.dropout(x, self.dropout_p[name], self.training)
             out = out + (x_in @ self.lora_A[name].t() @ self.dense_b(name).t()) * self.scaling[name]
         return out
+
+    def _forward_dora(self, x: Tensor, name: str) -> Tensor:
+        """DoRA (Liu et al. 2024), x: (..., in) -> (..., out), with the row norm n = ||W + sBA|| a constant:
+
+            y = x W^T + b + (m/n - 1) * (d W^T) + (m/n) * s (d A^T B^T),   d = dropout(x)
+
+        which is m/n (x W^T + s x A^T B^T) + b without dropout. Dropout reaches the (m/n - 1) correction
+        of the base term too, as in the DoRA authors' implementation and PEFT (and with the same
+        ``F.dropout`` draw, so that PEFT and lorakit train identically from the same seed); that case
+        costs a second product with W, for (x - d) W^T.
+        """
+        weight = self._as_out_in(self._pretrained_weight())
+        with torch.no_grad():
+            norm = self.dora_row_norm(name)
+        scale = self.lora_magnitude_vector[name] / norm  # (out,)
+        p = self.dropout_p[name] if self.training else 0.0
+        dropped = F.dropout(x, p, True) if p > 0.0 else x
+        out = LF.lora_linear(dropped, weight, None, self.lora_A[name], self.dense_b(name), self.scaling[name])
+        if p > 0.0:
+            return torch.addcmul(F.linear(x - dropped, weight, self.base_layer.bias), out, scale)
+        bias = self.base_layer.bias
+        return torch.addcmul(bias, out, scale) if bias is not None else out * scale  # one pass over out
 
     def _forward_mixed(self, x: Tensor) -> Tensor:
         """x: (rows, ..., in) -> (rows, ..., out); row i uses the adapter of plan row ``i // (rows / n)``.
