@@ -61,18 +61,22 @@ def _hash32_(words: Tensor) -> Tensor:
     return words
 
 
-def _random_int16(n: int, seed: int, device: torch.device) -> Tensor:
-    """(n,) int16 uniforms, a pure function of ``seed`` (0 <= seed < 2**62) and the element index.
+def _random_int16(n: int, seed: int | Tensor, device: torch.device) -> Tensor:
+    """(n,) int16 uniforms, a pure function of ``seed`` (0 <= seed < 2**62; an int or a 0-dim int64
+    tensor) and the element index.
 
     Word ``i`` of chunk ``c`` is ``lowbias32((i XOR k1(c)) * M1 + k2)``, where the two 31/32-bit keys
     come from the seed; each 32-bit word gives two int16 uniforms. The keyed multiply-add before
     the hash maps the counters of two different seeds onto unrelated inputs, so masks drawn with
     different seeds are independent, not shifted copies of one another. About twice as fast on a
     CPU as drawing the same bits from torch's Mersenne Twister, and computed identically on GPUs.
+    The key arithmetic stays in tensors, so that ``torch.compile`` traces it without a graph break.
     """
     n_words = (n + 1) // 2
     words = torch.empty(n_words, dtype=torch.int32, device=device)
-    key_lo, key_hi = (seed & 0xFFFFFFFF) - (1 << 31), (seed >> 32) & 0x7FFFFFFF
+    seed = torch.as_tensor(seed, dtype=torch.int64)
+    key_lo = (seed.bitwise_and(0xFFFFFFFF) - (1 << 31)).to(torch.int32)
+    key_hi = seed.bitwise_right_shift(32).bitwise_and(0x7FFFFFFF).to(torch.int32)
     for chunk, start in enumerate(range(0, n_words, _COUNTERS_PER_CHUNK)):
         part = words[start:start + _COUNTERS_PER_CHUNK]
         torch.arange(part.numel(), dtype=torch.int32, device=device, out=part)
@@ -82,7 +86,7 @@ def _random_int16(n: int, seed: int, device: torch.device) -> Tensor:
     return words.view(torch.int16)[:n]
 
 
-def _keep_float(like: Tensor, p: float, seed: int) -> Tensor:
+def _keep_float(like: Tensor, p: float, seed: int | Tensor) -> Tensor:
     """A 0/1 mask of ``like``'s shape and dtype, 1 with probability 1 - quantized_dropout_p(p), from ``seed``.
 
     The int16 uniforms of :func:`_random_int16` are compared with a threshold in float arithmetic,
@@ -94,7 +98,7 @@ def _keep_float(like: Tensor, p: float, seed: int) -> Tensor:
     return keep if like.dtype == torch.float32 else keep.to(like.dtype)
 
 
-def _dropout_mask(like: Tensor, p: float, seed: int) -> Tensor:
+def _dropout_mask(like: Tensor, p: float, seed: int | Tensor) -> Tensor:
     """The inverted-dropout multiplier (0 or 1/(1-p')) that :func:`lora_linear` applies, for tests."""
     return _keep_float(like, p, seed) / (1.0 - quantized_dropout_p(p))
 
@@ -186,7 +190,8 @@ def lora_linear(
         bias = bias.to(dtype) if bias is not None else None
         with torch.autocast(device_type, enabled=False):
             return lora_linear(x, weight, bias, lora_a, lora_b, scaling, p, training)
-    seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0.0 else 0
+    # a 0-dim tensor, not a Python int: no .item(), so torch.compile traces dropout without a graph break
+    seed = torch.randint(0, 2**62, ()) if p > 0.0 else 0
     return _LoraLinearFn.apply(x, weight, bias, lora_a, lora_b, float(scaling), p, seed)
 
 
