@@ -29,7 +29,6 @@ length (the LoRA paper's Section 5.1 arithmetic; the task head excluded):
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 __all__ = [
     "METHODS", "MethodConfig", "MethodError", "apply_method", "WRAPPERS", "BottleneckAdapter",
     "PrefixAttention", "PrefixEmbedding", "drop_reparameterization", "count_parameters",
-    "method_modules", "measure_latency",
+    "method_modules",
 ]
 
 METHODS = ("full", "head_only", "ft_top2", "bitfit", "adapter_houlsby", "adapter_pfeiffer", "prefix_embed",
@@ -521,29 +520,3 @@ def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) 
     return {"total": total, "trainable": trainable, "percent": 100.0 * trainable / max(total, 1), "head": head_n,
             "trainable_excluding_head": trainable - head_n, "after_training": trainable - head_n - dropped,
             "inserted": inserted}
-
-
-@torch.no_grad()
-def measure_latency(model: nn.Module, batch_size: int, seq_len: int, vocab_size: int, repeats: int = 20,
-                    warmup: int = 3) -> dict[str, float]:
-    """Median and mean forward time (ms) of ``model(input_ids, attention_mask)`` in eval mode on random
-    ids (batch_size, seq_len), on the model's device."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=g).to(device)
-    mask = torch.ones_like(ids)
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(input_ids=ids, attention_mask=mask)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    model.train(was_training)
-    times.sort()
-    return {"median_ms": times[len(times) // 2], "mean_ms": sum(times) / len(times)}
