@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import shared_data
 
 from lorakit import data_prepare as dp
 from lorakit.cli import main as cli_main
 
-SHARED = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = shared_data()
 GLUE = SHARED / "glue"
 SQUAD = SHARED / "squad"
 

@@ -5,22 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
+from helpers import need, shared_data
 
 from lorakit.cli import main as lorakit_main
 from lorakit.train.metrics.classification import glue_metrics
 from lorakit.train.metrics.nlg import group_references, mteval_bleu_nist
 
-DATA = Path(os.environ.get("LORAKIT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
 
 def _data(relative: str) -> Path:
-    path = DATA / relative
-    assert path.is_file(), f"{path} not found; set LORAKIT_DATA to the shared data folder"
-    return path
+    return need(shared_data() / relative)
 
 
 def score(capsys, *args: str) -> tuple[int, str, str]:
