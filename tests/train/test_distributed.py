@@ -48,6 +48,9 @@ def test_unwrap_returns_the_model_under_a_module_wrapper_and_a_plain_model_as_it
     model = torch.nn.Linear(3, 2)
     assert unwrap(model) is model
     assert unwrap(torch.nn.DataParallel(model)) is model  # on CPU it only holds the model, as DDP does
+    holder = torch.nn.Module()
+    holder.module = model  # a plain model with a child named "module" is not a wrapper
+    assert unwrap(holder) is holder
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

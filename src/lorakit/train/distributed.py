@@ -86,10 +86,12 @@ def wrap(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under a wrapper that holds it as ``.module`` (DDP, DataParallel, FSDP1): what to save,
-    inspect, or call step by step outside the wrapper's hooks (decoding). FSDP2's ``fully_shard`` wraps nothing,
-    so such a model, like a plain one, comes back as it is."""
-    return getattr(model, "module", model)
+    """The plain model under a DDP or DataParallel wrapper: what to save, inspect, or call step by step outside
+    the wrapper's hooks (decoding). FSDP2's ``fully_shard`` (``training.strategy = "fsdp"``) wraps nothing, so
+    such a model, like a plain one, comes back as it is. Only these wrapper types are unwrapped: a model that
+    merely has a child named ``module`` stays whole."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def barrier(info: DistInfo) -> None:
