@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -114,23 +113,25 @@ class _LoraLinearFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p, seed):
         x2 = _flat(x)
         if dropout_p > 0.0:
-            x_a = F.linear(_keep_float(x2, dropout_p, seed).mul_(x2), lora_a)  # (tokens, r)
+            x_a_t = lora_a @ _keep_float(x2, dropout_p, seed).mul_(x2).t()  # (r, tokens)
             scaling = scaling / (1.0 - quantized_dropout_p(dropout_p))
         else:
-            x_a = F.linear(x2, lora_a)  # ~1.5x faster than x2 @ lora_a.t() with MKL
+            # kept as (r, tokens): the products below then read a contiguous x_a^T (about 1% of the
+            # layer's forward + backward faster with MKL than x_a (tokens, r) and its transpose)
+            x_a_t = lora_a @ x2.t()
         if bias is not None:
             out = torch.addmm(bias, x2, weight.t())
         else:
             out = x2 @ weight.t()
-        out.addmm_(x_a, lora_b.t(), alpha=scaling)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, x_a)
+        out.addmm_(x_a_t.t(), lora_b.t(), alpha=scaling)
+        ctx.save_for_backward(x, weight, lora_a, lora_b, x_a_t)
         ctx.scaling, ctx.dropout_p, ctx.seed = scaling, dropout_p, seed
         ctx.has_bias = bias is not None
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, lora_a, lora_b, x_a = ctx.saved_tensors
+        x, weight, lora_a, lora_b, x_a_t = ctx.saved_tensors
         need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
         s, p = ctx.scaling, ctx.dropout_p
         g = _flat(grad_out)
@@ -139,7 +140,7 @@ class _LoraLinearFn(torch.autograd.Function):
 
         if need_bb:
             # (x_a^T g)^T: MKL is several times slower on g.t() @ x_a (big operand transposed)
-            grad_b = (x_a.t() @ g).mul_(s).t()  # (out, r)
+            grad_b = (x_a_t @ g).mul_(s).t()  # (out, r)
         if need_a or need_x:
             g_a = (lora_b.t() @ g.t()).mul_(s).t()  # (tokens, r); ~1.5-2x faster than g @ lora_b
         keep = _keep_float(x2, p, ctx.seed) if p > 0.0 and (need_a or need_x) else None
