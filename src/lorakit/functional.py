@@ -10,7 +10,7 @@ scaling = lora_alpha / r (or lora_alpha / sqrt(r) for rsLoRA).
 The hot path is :func:`lora_linear`, a custom autograd function that
 
 * saves only ``x`` (which the surrounding graph keeps alive anyway) and ``x_a = dropout(x) A^T``
-  (``r`` columns) for backward: no dropped copy of ``x`` and no dropout mask; the mask is
+  (kept transposed, ``(r, tokens)``) for backward: no dropped copy of ``x`` and no dropout mask; the mask is
   regenerated in backward from a seed drawn from torch's default generator in forward, so runs
   stay reproducible under ``torch.manual_seed``. The mask is a counter-based hash of the element
   index keyed by that seed (cheap enough to compute twice, and the same on every device), cut into
