@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from helpers import randomize_lora
 
 import lorakit
 
@@ -24,10 +24,7 @@ def _model(seed: int, lora_dropout: float = 0.0):
                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, lora_dropout=lora_dropout,
                                              target_modules=["c_attn", "c_fc"]))
-    torch.manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            nn.init.normal_(p, std=0.1)
+    randomize_lora(model, seed)
     return model
 
 

@@ -498,9 +498,9 @@ class LoraLinear(LoraModule):
         p = self.dropout_p[name] if self.training else 0.0
         dropped = F.dropout(x, p, True) if p > 0.0 else x
         out = LF.lora_linear(dropped, weight, None, self.lora_A[name], self.dense_b(name), self.scaling[name])
-        if p > 0.0:
-            return torch.addcmul(F.linear(x - dropped, weight, self.base_layer.bias), out, scale)
         bias = self.base_layer.bias
+        if p > 0.0:
+            return torch.addcmul(F.linear(x - dropped, weight, bias), out, scale)
         return torch.addcmul(bias, out, scale) if bias is not None else out * scale  # one pass over out
 
     def _forward_mixed(self, x: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize_lora
 from torch import nn
 
 import lorakit
@@ -20,9 +21,7 @@ def _gpt2_with_lora(dropout: float = 0.1):
     model = GPT2LMHeadModel(cfg)
     lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
                                              target_modules=["c_attn", "c_fc"]))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            nn.init.normal_(p, std=0.1)  # a non-zero update, so that LoRA's dropout shows in the loss
+    randomize_lora(model)  # a non-zero update, so that LoRA's dropout shows in the loss
     return model.train()
 
 
