@@ -263,11 +263,18 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
 
 
 def publish_section(
-    title: str, body: str, update_md: Path | str | None, out: Callable[[str], object] = print
+    title: str,
+    body: str,
+    update_md: Path | str | None,
+    out: Callable[[str], object] = print,
+    device: torch.device | str = "cpu",
 ) -> int:
     """Print ``## {title}`` and ``body`` through ``out``; with ``update_md``, also write them as that
     section of the Markdown file (:func:`replace_markdown_section`; a new file starts with
-    :data:`BENCHMARKS_INTRO`). Returns 0, the benchmark's exit status."""
+    :data:`BENCHMARKS_INTRO`). A run on a GPU gets its own section: ``", GPU"`` is added to the title,
+    so CPU and GPU results stand side by side. Returns 0, the benchmark's exit status."""
+    if torch.device(device).type == "cuda":
+        title += ", GPU"
     out(f"## {title}\n\n{body}")
     if update_md:
         replace_markdown_section(update_md, title, body, intro=BENCHMARKS_INTRO)

@@ -547,7 +547,7 @@ merge/unmerge cycles in fp16/bf16).
 
 {merged_table}
 """
-    return common.publish_section(SECTION_TITLE, body, args.update_md, out)
+    return common.publish_section(SECTION_TITLE, body, args.update_md, out, device)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Run from the repository root::
     python -m bench.train_step --update-md      # also write the results into BENCHMARKS.md
     python -m bench.train_step --profile lorakit-all-linear peft-all-linear   # torch.profiler top ops
     python -m bench.train_step --memory-only lorakit-all-linear               # one memory measurement (JSON)
+    python -m bench.train_step --device cuda    # on a GPU (memory = torch.cuda.max_memory_allocated)
 
 Model: a randomly initialised ``GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=512, n_head=8))``
 (vocabulary 50257, default dropout 0.1 everywhere, tied LM head), a batch of 8 x 128 random token
@@ -144,10 +145,10 @@ def build_base(size: Size) -> nn.Module:
     return GPT2LMHeadModel(config)
 
 
-def make_batch(size: Size) -> Tensor:
-    """Random token ids (batch, seq), the same in every process."""
+def make_batch(size: Size, device: torch.device | str = "cpu") -> Tensor:
+    """Random token ids (batch, seq) on ``device``, the same in every process."""
     gen = torch.Generator().manual_seed(1)
-    return torch.randint(0, size.vocab, (size.batch, size.seq), generator=gen)
+    return torch.randint(0, size.vocab, (size.batch, size.seq), generator=gen).to(device)
 
 
 def _targets(target: str) -> list[str] | str:
@@ -180,7 +181,8 @@ def adapt(base: nn.Module, variant: Variant) -> nn.Module:
             model = get_peft_model(model, config)
     else:
         raise ValueError(f"unknown library {variant.library!r}")
-    model.train()
+    device = next(base.parameters()).device
+    model.to(device).train()  # LoRA parameters on the base model's device
     return model
 
 
@@ -227,7 +229,7 @@ def share_lora_weights(lk_model: nn.Module, peft_model: nn.Module, seed: int = 2
         for key in sorted(lk):
             if lk[key].shape != pf[key].shape:
                 raise RuntimeError(f"{key}: lorakit shape {tuple(lk[key].shape)} vs PEFT {tuple(pf[key].shape)}")
-            value = torch.randn(lk[key].shape, generator=gen) * 0.02
+            value = torch.randn(lk[key].shape, generator=gen) * 0.02  # drawn on the CPU: the same on any device
             lk[key].copy_(value)
             pf[key].copy_(value)
 
@@ -274,13 +276,19 @@ class MemoryResult:
     grad_bytes: int
     optimizer_bytes: int
     graph_bytes: int
-    rss_peak_growth: int
-    rss_method: str
+    peak_growth: int
+    peak_method: str
+    cuda_peak_bytes: int | None = None
 
     @property
     def tracked_bytes(self) -> int:
         """Parameters + gradients + optimizer state + tensors saved for backward."""
         return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.graph_bytes
+
+    @property
+    def judged_bytes(self) -> int:
+        """What the memory target is judged on: the CUDA allocator's peak on a GPU, else the tracked total."""
+        return self.tracked_bytes if self.cuda_peak_bytes is None else self.cuda_peak_bytes
 
 
 def _status_kib(field: str) -> int | None:
@@ -321,13 +329,13 @@ def saved_storages() -> Iterator[dict[tuple[str, int], int]]:
         yield seen
 
 
-def measure_memory(name: str, size: Size) -> MemoryResult:
-    """Build ``name`` and measure one training step of it (call in a fresh process)."""
+def measure_memory(name: str, size: Size, device: torch.device) -> MemoryResult:
+    """Build ``name`` on ``device`` and measure one training step of it (call in a fresh process)."""
     variant = VARIANTS_BY_NAME[name]
-    base = build_base(size)
+    base = build_base(size).to(device)
     model = adapt(base, variant)
     del base
-    ids = make_batch(size)
+    ids = make_batch(size, device)
     opt = make_optimizer(model)
     # Allocate AdamW's state first (as in every step after the first), without a real step.
     for p in trainable(model):
@@ -336,11 +344,15 @@ def measure_memory(name: str, size: Size) -> MemoryResult:
     opt.zero_grad(set_to_none=True)
     gc.collect()
 
-    rss0 = _status_kib("VmRSS")
-    if rss0 is not None and _reset_peak_rss():
+    if device.type == "cuda":
+        common.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before_kib = torch.cuda.memory_allocated(device) // 1024
+        method = "torch.cuda.max_memory_allocated during the step minus memory_allocated before it"
+    elif (before_kib := _status_kib("VmRSS")) is not None and _reset_peak_rss():
         method = "VmHWM after reset (/proc/self/clear_refs) minus VmRSS before the step"
     else:
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         method = "ru_maxrss after the step minus ru_maxrss before it (not resettable: a lower bound)"
     with saved_storages() as seen:
         loss = lm_loss(model, ids)
@@ -350,17 +362,24 @@ def measure_memory(name: str, size: Size) -> MemoryResult:
     loss.backward()
     del loss
     opt.step()
-    if method.startswith("VmHWM"):
-        peak = _status_kib("VmHWM") or 0
+    cuda_peak = None
+    if device.type == "cuda":
+        common.synchronize(device)
+        cuda_peak = torch.cuda.max_memory_allocated(device)
+        peak_kib = cuda_peak // 1024
+    elif method.startswith("VmHWM"):
+        peak_kib = _status_kib("VmHWM") or 0
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     grads = common.tensors_bytes(p.grad for p in trainable(model))
     state = common.tensors_bytes(t for s in opt.state.values() for t in s.values() if isinstance(t, Tensor))
     params = common.tensors_bytes(model.parameters())
-    return MemoryResult(name, params, grads, state, graph, max(0, peak - rss0) * 1024, method)
+    return MemoryResult(name, params, grads, state, graph, max(0, peak_kib - before_kib) * 1024, method, cuda_peak)
 
 
-def memory_in_subprocesses(groups: Sequence[Sequence[str]], quick: bool, jobs: int) -> dict[str, MemoryResult]:
+def memory_in_subprocesses(
+    groups: Sequence[Sequence[str]], quick: bool, jobs: int, device: torch.device
+) -> dict[str, MemoryResult]:
     """Run ``--memory-only NAME...`` once per group of variant names, each group in its own Python process.
 
     The full benchmark passes one variant per group (every measurement in a fresh process); ``--quick``
@@ -368,7 +387,8 @@ def memory_in_subprocesses(groups: Sequence[Sequence[str]], quick: bool, jobs: i
     """
 
     def one(names: Sequence[str]) -> list[MemoryResult]:
-        cmd = [sys.executable, "-m", "bench.train_step", "--memory-only", *names] + (["--quick"] if quick else [])
+        cmd = [sys.executable, "-m", "bench.train_step", "--device", str(device), "--memory-only", *names]
+        cmd += ["--quick"] if quick else []
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MEMORY_TAG)]
@@ -397,7 +417,7 @@ def time_training(models: dict[str, nn.Module], ids: Tensor, repeats: int, warmu
             opt.zero_grad(set_to_none=True)
 
         cases[name] = common.Case(run=run, reset=reset)
-    timings = common.interleaved_timings(cases, repeats=repeats, warmup=warmup)
+    timings = common.interleaved_timings(cases, repeats=repeats, warmup=warmup, device=ids.device)
     for case in cases.values():
         case.reset()
     return timings
@@ -414,33 +434,44 @@ def time_inference(models: dict[str, nn.Module], ids: Tensor, repeats: int, warm
                 model(input_ids=ids)
 
         cases[name] = common.Case(run=run)
-    return common.interleaved_timings(cases, repeats=repeats, warmup=warmup)
+    return common.interleaved_timings(cases, repeats=repeats, warmup=warmup, device=ids.device)
 
 
-def profile_steps(names: Sequence[str], size: Size, rows: int, out: Callable[[str], object] = print) -> None:
-    """torch.profiler tables (top ops by self CPU time) of one training step per variant, after a warm-up step."""
+def profile_steps(
+    names: Sequence[str], size: Size, rows: int, device: torch.device, out: Callable[[str], object] = print
+) -> None:
+    """torch.profiler tables of one training step per variant, after a warm-up step.
+
+    Top ops by self CPU time, or by self CUDA time when ``device`` is a GPU.
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    base = build_base(size)
-    ids = make_batch(size)
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    base = build_base(size).to(device)
+    ids = make_batch(size, device)
     for name in names:
         model = adapt(base, VARIANTS_BY_NAME[name])
         opt = make_optimizer(model)
         train_step(model, ids, opt)
         opt.zero_grad(set_to_none=True)
+        common.synchronize(device)
         t0 = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             train_step(model, ids, opt)
+            common.synchronize(device)
         elapsed = time.perf_counter() - t0
-        out(f"### {name}: one profiled step, {elapsed:.2f} s wall\n")
-        out(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        out(f"### {name}: one profiled step, {elapsed:.4f} s wall\n")
+        sort_by = "self_cuda_time_total" if on_cuda else "self_cpu_time_total"
+        out(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
         del model, opt
         gc.collect()
 
 
 # ============================================================================ report
 def _s(seconds: float) -> str:
-    return f"{seconds:.3f}"
+    """Seconds to 4 significant digits (a GPU step takes milliseconds, a CPU step about a second)."""
+    return f"{seconds:.4g}"
 
 
 def _mib(n: int) -> str:
@@ -463,7 +494,14 @@ def timed_verdict(t: common.Timings, num: str, den: str, limit: float) -> str:
 def training_tables(
     timings: common.Timings, memory: dict[str, MemoryResult], n_trainable: dict[str, int]
 ) -> tuple[str, str, list[tuple[str, str, str, str, str]]]:
-    """Per-variant table, per-pair ratio table and target rows for the training variants."""
+    """Per-variant table, per-pair ratio table and target rows for the training variants.
+
+    On a GPU the memory target is judged on ``torch.cuda.max_memory_allocated`` (an extra column), on the
+    CPU on the tracked total (see :data:`MEMORY_NOTE`).
+    """
+    on_cuda = all(m.cuda_peak_bytes is not None for m in memory.values())
+    growth_word = "CUDA peak growth" if on_cuda else "RSS peak growth"
+    judged_word = "CUDA max_memory_allocated" if on_cuda else "tracked total"
     rows = []
     for v in TRAIN_VARIANTS:
         m = memory[v.name]
@@ -477,8 +515,9 @@ def training_tables(
                 _mib(m.optimizer_bytes),
                 _mib(m.graph_bytes),
                 _mib(m.tracked_bytes),
-                _mib(m.rss_peak_growth),
+                _mib(m.peak_growth),
             ]
+            + ([_mib(m.judged_bytes)] if on_cuda else [])
         )
     per_variant = common.markdown_table(
         [
@@ -490,8 +529,9 @@ def training_tables(
             "AdamW state MiB",
             "saved activations MiB",
             "tracked total MiB",
-            "RSS peak growth MiB",
-        ],
+            f"{growth_word} MiB",
+        ]
+        + (["CUDA peak MiB"] if on_cuda else []),
         rows,
     )
     ratio_rows, targets = [], []
@@ -501,9 +541,14 @@ def training_tables(
         m_lk, m_pf = memory[lk], memory[pf]
         mem_total = m_lk.tracked_bytes / m_pf.tracked_bytes
         mem_graph = m_lk.graph_bytes / m_pf.graph_bytes
-        mem_rss = m_lk.rss_peak_growth / m_pf.rss_peak_growth if m_pf.rss_peak_growth else float("nan")
+        mem_growth = m_lk.peak_growth / m_pf.peak_growth if m_pf.peak_growth else float("nan")
+        mem_judged = m_lk.judged_bytes / m_pf.judged_bytes
         vs_full = timings.ratio(lk, "full")
-        ratio_rows.append([label, t_shown, f"{mem_total:.3f}", f"{mem_graph:.3f}", f"{mem_rss:.3f}", f"{vs_full:.3f}"])
+        ratio_rows.append(
+            [label, t_shown, f"{mem_total:.3f}", f"{mem_graph:.3f}", f"{mem_growth:.3f}"]
+            + ([f"{mem_judged:.3f}"] if on_cuda else [])
+            + [f"{vs_full:.3f}"]
+        )
         targets.append(
             (
                 "training step time lorakit / PEFT",
@@ -515,11 +560,11 @@ def training_tables(
         )
         targets.append(
             (
-                "peak training memory lorakit / PEFT (tracked total)",
+                f"peak training memory lorakit / PEFT ({judged_word})",
                 label,
-                f"{mem_total:.3f}",
+                f"{mem_judged:.3f}",
                 f"<= {TARGET_MEMORY:.2f}",
-                common.verdict(mem_total, TARGET_MEMORY),
+                common.verdict(mem_judged, TARGET_MEMORY),
             )
         )
     ratios = common.markdown_table(
@@ -528,9 +573,10 @@ def training_tables(
             "time lorakit / PEFT (IQR)",
             "memory lorakit / PEFT: tracked total",
             "saved activations only",
-            "RSS peak growth",
-            "time lorakit / full FT",
-        ],
+            growth_word,
+        ]
+        + ([judged_word] if on_cuda else [])
+        + ["time lorakit / full FT"],
         ratio_rows,
     )
     return per_variant, ratios, targets
@@ -580,12 +626,25 @@ process's peak resident set during the step minus its resident set just before i
 after resetting it through `/proc/self/clear_refs`); it includes transient temporaries and allocator
 behaviour and is the noisiest column. The memory target is judged on the tracked total."""
 
+MEMORY_NOTE_CUDA = """\
+**What the memory columns measure (CUDA)**: each variant is built and measured in its own Python
+process (`python -m bench.train_step --device cuda --memory-only VARIANT`), with AdamW's state already
+allocated, over one training step (forward, backward, `opt.step()`). *CUDA peak* =
+`torch.cuda.max_memory_allocated` over the step (everything the process holds on the GPU: parameters,
+AdamW state, activations, gradients and transient temporaries); *CUDA peak growth* = that peak minus
+`torch.cuda.memory_allocated` just before the step. The params, grads, AdamW-state and saved-activation
+columns are counted as on the CPU (distinct storages; saved activations seen through
+`torch.autograd.graph.saved_tensors_hooks`). The memory target is judged on the CUDA peak."""
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of ``python -m bench.train_step``."""
     ap = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=None, help="timed training steps per variant (default 10; quick 3)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed interleaved rounds first (default 1)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed training steps per variant (default 10, 50 on CUDA; quick 2)"
+    )
+    ap.add_argument("--warmup", type=int, default=None, help="untimed interleaved rounds first (default 1, 3 on CUDA)")
     ap.add_argument(
         "--inference-steps", type=int, default=None, help="timed forward passes per inference variant (default --steps)"
     )
@@ -611,24 +670,26 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     """Run the benchmark and print Markdown (optionally into BENCHMARKS.md). Returns an exit status."""
     args = parse_args(argv)
     size = QUICK_SIZE if args.quick else FULL_SIZE
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
     warnings.filterwarnings("ignore")
     if args.memory_only:
         for name in args.memory_only:
-            result = measure_memory(name, size)
+            result = measure_memory(name, size, device)
             print(MEMORY_TAG + json.dumps(asdict(result)), flush=True)
             gc.collect()
         return 0
     if args.profile:
-        profile_steps(args.profile, size, args.profile_rows, out)
+        profile_steps(args.profile, size, args.profile_rows, device, out)
         return 0
 
-    steps = args.steps or (2 if args.quick else 10)
-    warmup = args.warmup if args.warmup is not None else 1
+    steps = args.steps or (2 if args.quick else 50 if on_cuda else 10)
+    warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 1)
     inference_steps = args.inference_steps or steps
     log = common.progress_logger()
 
-    base = build_base(size)
-    ids = make_batch(size)
+    base = build_base(size).to(device)
+    ids = make_batch(size, device)
     models = {v.name: adapt(base, v) for v in TRAIN_VARIANTS}
     n_trainable = {name: sum(p.numel() for p in trainable(m)) for name, m in models.items()}
     check_ids = ids[:2]
@@ -666,7 +727,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     log("inference timed")
 
     names = [v.name for v in TRAIN_VARIANTS]
-    memory = memory_in_subprocesses([names] if args.quick else [[n] for n in names], args.quick, args.jobs)
+    memory = memory_in_subprocesses([names] if args.quick else [[n] for n in names], args.quick, args.jobs, device)
     log("memory measured")
 
     per_variant, ratios, train_targets = training_tables(train_t, memory, n_trainable)
@@ -681,18 +742,21 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
         if args.quick
         else ""
     )
+    numerics = "float32 on the CPU"
+    if on_cuda:
+        numerics = f"float32 on the GPU (TF32 matmuls {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})"
     model_desc = f"GPT2LMHeadModel(GPT2Config(n_layer={size.n_layer}, n_embd={size.n_embd}, n_head={size.n_head}))"
     body = f"""\
 Command: `{command}` (from the repository root)
 
-Machine: {common.describe_machine("cpu", packages=("transformers", "peft"))}
+Machine: {common.describe_machine(device, packages=("transformers", "peft"))}
 
 Date: {common.today()}
 
 {quick_note}Setup: randomly initialised `{model_desc}`
 (vocabulary {size.vocab}, default dropout 0.1, tied LM head), batch {size.batch} x {size.seq} random token ids,
-LM loss with labels = input ids, `torch.optim.AdamW(lr={LR:g})` over the trainable parameters only, float32,
-train mode. LoRA: r={LORA_R}, lora_alpha={LORA_ALPHA}, on `c_attn` only or on `all-linear` (GPT-2's
+LM loss with labels = input ids, `torch.optim.AdamW(lr={LR:g})` over the trainable parameters only,
+{numerics}, train mode. LoRA: r={LORA_R}, lora_alpha={LORA_ALPHA}, on `c_attn` only or on `all-linear` (GPT-2's
 `Conv1D` layers; the tied LM head is excluded by both libraries). One timed training call = forward +
 backward + `opt.step()` (`zero_grad(set_to_none=True)` untimed before it). The seven training variants
 are timed interleaved in one process ({warmup} warm-up round, {steps} timed rounds, order rotated every
@@ -717,9 +781,9 @@ eval mode, 2 sequences: {"; ".join(checks)}. Merged logits were checked equal to
 
 {target_table}
 
-{MEMORY_NOTE}
+{MEMORY_NOTE_CUDA if on_cuda else MEMORY_NOTE}
 """
-    return common.publish_section(SECTION_TITLE, body, args.update_md, out)
+    return common.publish_section(SECTION_TITLE, body, args.update_md, out, device)
 
 
 if __name__ == "__main__":
