@@ -7,9 +7,11 @@ Run from the repository root::
     python -m bench.adapters --repeats 20    # more timed forward rounds (default 10)
     python -m bench.adapters --update-md     # also write the results into BENCHMARKS.md
     python -m bench.adapters --profile       # torch.profiler top ops of the compared calls instead of timing
+    python -m bench.adapters --device cuda   # everything (models, batches, timing, profile) on a CUDA GPU
 
 Model: the randomly initialised ``GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=512, n_head=8))`` of
-``bench/train_step.py`` (vocabulary 50257, tied LM head), float32 on the CPU.
+``bench/train_step.py`` (vocabulary 50257, tied LM head), float32 on the CPU (``--device cuda``: on the GPU;
+the random weights and token ids are drawn on the CPU with the same seeds and copied to the device).
 
 1. **Mixed-adapter inference.** Eight LoRA adapters (r=8, alpha=16 on ``c_attn``, ``c_proj``, ``c_fc``,
    i.e. every ``Conv1D`` of GPT-2; random non-zero A and B) and a batch of 8 x 128 token ids in which
@@ -138,19 +140,19 @@ CPU time; absolute times are from that single call, not the medians above).
 
 
 # ============================================================================ building
-def build_base(size: Size) -> nn.Module:
-    """The randomly initialised GPT-2 LM (seeded, as in ``bench/train_step.py``)."""
+def build_base(size: Size, device: torch.device) -> nn.Module:
+    """The randomly initialised GPT-2 LM (seeded, as in ``bench/train_step.py``; built on the CPU, then moved)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=size.n_layer, n_embd=size.n_embd, n_head=size.n_head, vocab_size=size.vocab)
-    return GPT2LMHeadModel(config)
+    return GPT2LMHeadModel(config).to(device)
 
 
-def make_batch(size: Size, rows: int | None = None) -> Tensor:
-    """Random token ids (rows, seq), the same in every run."""
+def make_batch(size: Size, device: torch.device, rows: int | None = None) -> Tensor:
+    """Random token ids (rows, seq) on ``device``, the same in every run (drawn on the CPU)."""
     gen = torch.Generator().manual_seed(1)
-    return torch.randint(0, size.vocab, (rows or size.batch, size.seq), generator=gen)
+    return torch.randint(0, size.vocab, (rows or size.batch, size.seq), generator=gen).to(device)
 
 
 def adapter_name(i: int) -> str:
@@ -164,7 +166,7 @@ def randomize_lora(model: nn.Module, adapter: str, seed: int) -> None:
     with torch.no_grad():
         for _, module in sorted(lora_modules(model), key=lambda item: item[0]):
             if adapter in module.lora_A:
-                for param in (module.lora_A[adapter], module.lora_B[adapter]):
+                for param in (module.lora_A[adapter], module.lora_B[adapter]):  # drawn on the CPU, copied over
                     param.copy_(torch.randn(param.shape, generator=gen) * WEIGHT_STD)
 
 
@@ -183,14 +185,18 @@ def save_all(model: nn.Module, names: Sequence[str], root: Path) -> dict[str, Pa
     return {name: lorakit.save_adapter(model, root / name, name) for name in names}
 
 
-def peft_from_dirs(base: nn.Module, directories: dict[str, Path]) -> nn.Module:
-    """A ``PeftModel`` on a copy of ``base`` holding every adapter in ``directories`` (PEFT's own loaders)."""
+def peft_from_dirs(base: nn.Module, directories: dict[str, Path], device: torch.device) -> nn.Module:
+    """A ``PeftModel`` on a copy of ``base`` holding every adapter in ``directories`` (PEFT's own loaders).
+
+    ``device``: where PEFT loads the files' tensors (the device ``base`` is on).
+    """
     from peft import PeftModel
 
     names = list(directories)
-    model = PeftModel.from_pretrained(copy.deepcopy(base), str(directories[names[0]]), adapter_name=names[0])
+    model = PeftModel.from_pretrained(copy.deepcopy(base), str(directories[names[0]]), adapter_name=names[0],
+                                      torch_device=str(device))
     for name in names[1:]:
-        model.load_adapter(str(directories[name]), adapter_name=name)
+        model.load_adapter(str(directories[name]), adapter_name=name, torch_device=str(device))
     return model.eval()
 
 
@@ -248,7 +254,7 @@ def check_mixed(base: nn.Module, lk: nn.Module, pf: nn.Module, ids: Tensor, name
 
 
 def time_mixed(models: dict[str, nn.Module], ids: Tensor, names: list[str], repeats: int,
-               warmup: int) -> common.Timings:
+               warmup: int, device: torch.device) -> common.Timings:
     """Interleaved forward passes: ``base``, ``lorakit-mixed``, ``peft-mixed`` and ``lorakit-prebuilt``.
 
     ``lorakit-prebuilt`` is a diagnostic: a second lorakit model with the same adapters whose
@@ -281,7 +287,7 @@ def time_mixed(models: dict[str, nn.Module], ids: Tensor, names: list[str], repe
         if not torch.equal(prebuilt, per_call):
             raise RuntimeError(f"held-open adapter_batch logits differ by {_max_diff(prebuilt, per_call):.3g}")
         del prebuilt, per_call
-        return common.interleaved_timings(cases, repeats=repeats, warmup=warmup)
+        return common.interleaved_timings(cases, repeats=repeats, warmup=warmup, device=device)
 
 
 # ============================================================================ 2. DoRA training
@@ -309,8 +315,8 @@ def lora_pair(base: nn.Module, use_dora: bool = True) -> tuple[nn.Module, nn.Mod
             if a.shape != b.shape:
                 raise RuntimeError(f"{key}: lorakit shape {tuple(a.shape)} vs PEFT {tuple(b.shape)}")
             if "magnitude" in key:  # ||W|| per output row plus noise, so that m differs from the norm
-                value = a * (1 + 0.1 * torch.randn(a.shape, generator=magnitude_gen))
-            else:
+                value = a * (1 + 0.1 * torch.randn(a.shape, generator=magnitude_gen).to(a.device))
+            else:  # drawn on the CPU (copied to a's device by copy_)
                 value = torch.randn(a.shape, generator=gen) * WEIGHT_STD
             a.copy_(value)
             b.copy_(value)
@@ -351,18 +357,21 @@ def check_pair(lk: nn.Module, pf: nn.Module, ids: Tensor) -> str:
             f"agree, max abs difference {worst:.2g}")
 
 
-def one_step_seconds(model: nn.Module, ids: Tensor) -> float:
+def one_step_seconds(model: nn.Module, ids: Tensor, device: torch.device) -> float:
     """Wall time of one training step (forward, backward, AdamW step) on a throw-away optimizer."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    common.synchronize(device)
     t0 = time.perf_counter()
     lm_loss(model, ids).backward()
     opt.step()
+    common.synchronize(device)
     elapsed = time.perf_counter() - t0
     opt.zero_grad(set_to_none=True)
     return elapsed
 
 
-def time_dora(models: dict[str, nn.Module], ids: Tensor, steps: int, warmup: int) -> common.Timings:
+def time_dora(models: dict[str, nn.Module], ids: Tensor, steps: int, warmup: int,
+              device: torch.device) -> common.Timings:
     """Interleaved training steps (zero_grad untimed, then forward + backward + AdamW step timed)."""
     cases = {}
     for name, model in models.items():
@@ -376,7 +385,7 @@ def time_dora(models: dict[str, nn.Module], ids: Tensor, steps: int, warmup: int
             opt.zero_grad(set_to_none=True)
 
         cases[name] = common.Case(run, reset)
-    timings = common.interleaved_timings(cases, repeats=steps, warmup=warmup)
+    timings = common.interleaved_timings(cases, repeats=steps, warmup=warmup, device=device)
     for case in cases.values():
         case.reset()
     return timings
@@ -408,7 +417,7 @@ def check_combinations(lk: nn.Module, pf: nn.Module) -> str:
 
 
 def time_operations(lk: nn.Module, pf: nn.Module, sources: list[Path], names: list[str], repeats: int,
-                    warmup: int) -> common.Timings:
+                    warmup: int, device: torch.device) -> common.Timings:
     """Interleaved hot-swaps and weighted combinations in both libraries (seconds per call).
 
     Also times entering and leaving ``lorakit.adapter_batch(lk, names)`` without a forward pass, with the
@@ -425,7 +434,7 @@ def time_operations(lk: nn.Module, pf: nn.Module, sources: list[Path], names: li
 
     def pf_swap() -> None:
         cycle["pf"] += 1
-        peft_hotswap(pf, str(sources[cycle["pf"] % len(sources)]), adapter_name="a0")
+        peft_hotswap(pf, str(sources[cycle["pf"] % len(sources)]), adapter_name="a0", torch_device=str(device))
 
     def lk_enter() -> None:  # the per-batch fixed cost of a lorakit mixed batch: the row plans
         with lorakit.adapter_batch(lk, names):
@@ -454,7 +463,7 @@ def time_operations(lk: nn.Module, pf: nn.Module, sources: list[Path], names: li
 
         cases[f"lorakit {ctype}"] = common.Case(lk_run, lk_reset)
         cases[f"PEFT {ctype}"] = common.Case(pf_run, pf_reset)
-    timings = common.interleaved_timings(cases, repeats=repeats, warmup=warmup)
+    timings = common.interleaved_timings(cases, repeats=repeats, warmup=warmup, device=device)
     for case in cases.values():
         if case.reset is not None:
             case.reset()
@@ -462,27 +471,37 @@ def time_operations(lk: nn.Module, pf: nn.Module, sources: list[Path], names: li
 
 
 # ============================================================================ profiling
-def profile_calls(calls: dict[str, Callable[[], object]], rows: int, out: Callable[[str], object] = print) -> None:
-    """torch.profiler's top ops (by self CPU time) for one call of each entry, after one warm-up call."""
+def profile_calls(calls: dict[str, Callable[[], object]], rows: int, device: torch.device,
+                  out: Callable[[str], object] = print) -> None:
+    """torch.profiler's top ops for one call of each entry, after one warm-up call.
+
+    Sorted by self CPU time; on CUDA the GPU kernels are recorded too and the table is sorted by self CUDA time.
+    """
     from torch.profiler import ProfilerActivity, profile
 
+    activities, sort_by = [ProfilerActivity.CPU], "self_cpu_time_total"
+    if device.type == "cuda":
+        activities, sort_by = [ProfilerActivity.CPU, ProfilerActivity.CUDA], "self_cuda_time_total"
     for name, call in calls.items():
         call()
+        common.synchronize(device)
         t0 = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             call()
+            common.synchronize(device)
         out(f"### {name}: one profiled call, {time.perf_counter() - t0:.2f} s wall\n")
-        out(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        out(prof.key_averages().table(sort_by=sort_by, row_limit=rows))
 
 
-def run_profile(size: Size, dora_rows: int, rows: int, out: Callable[[str], object] = print) -> None:
-    """Profile the base / lorakit / PEFT forwards and one DoRA training step of each library."""
-    base = build_base(size).eval()
-    ids = make_batch(size)
+def run_profile(size: Size, dora_rows: int, rows: int, device: torch.device,
+                out: Callable[[str], object] = print) -> None:
+    """Profile the base / lorakit / PEFT forwards and one DoRA training step of each library on ``device``."""
+    base = build_base(size, device).eval()
+    ids = make_batch(size, device)
     names = [adapter_name(i) for i in range(N_ADAPTERS)]
     models = {"lorakit": lorakit_many(base, N_ADAPTERS)}
     with tempfile.TemporaryDirectory(prefix="lorakit-bench-") as tmp:
-        models["peft"] = peft_from_dirs(base, save_all(models["lorakit"], names, Path(tmp)))
+        models["peft"] = peft_from_dirs(base, save_all(models["lorakit"], names, Path(tmp)), device)
 
     def forward(kind: str) -> Callable[[], object]:
         def call() -> object:
@@ -495,11 +514,11 @@ def run_profile(size: Size, dora_rows: int, rows: int, out: Callable[[str], obje
         return call
 
     profile_calls({"base forward": forward("base"), "lorakit mixed forward": forward("lorakit"),
-                   "PEFT mixed forward": forward("peft")}, rows, out)
+                   "PEFT mixed forward": forward("peft")}, rows, device, out)
     models.clear()
     gc.collect()
     lk_d, pf_d = lora_pair(base, use_dora=True)
-    train_ids = make_batch(size, dora_rows)
+    train_ids = make_batch(size, device, dora_rows)
     calls = {}
     for label, model in (("lorakit DoRA step", lk_d), ("PEFT DoRA step", pf_d)):
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
@@ -510,7 +529,7 @@ def run_profile(size: Size, dora_rows: int, rows: int, out: Callable[[str], obje
             opt.step()
 
         calls[label] = step
-    profile_calls(calls, rows, out)
+    profile_calls(calls, rows, device, out)
 
 
 # ============================================================================ report
@@ -533,6 +552,7 @@ def _ms(seconds: float) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of ``python -m bench.adapters``."""
     ap = argparse.ArgumentParser(prog="python -m bench.adapters", description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke mode: 2 layers of width 256, vocabulary 8192, batch 8x16, few rounds "
                          "(numbers meaningless)")
@@ -557,6 +577,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print) -> int:
     """Run the benchmark and print Markdown (optionally into BENCHMARKS.md). Returns an exit status."""
     args = parse_args(argv)
+    device = torch.device(args.device)
     warnings.filterwarnings("ignore")
     size = QUICK_SIZE if args.quick else FULL_SIZE
     if args.seq is not None:
@@ -566,33 +587,33 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     op_repeats = args.op_repeats or (2 if args.quick else 15)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if args.profile:
-        run_profile(size, size.batch, args.profile_rows, out)
+        run_profile(size, size.batch, args.profile_rows, device, out)
         return 0
     log = common.progress_logger()
     load_before = common.load_average()
 
-    base = build_base(size).eval()
-    ids = make_batch(size)
+    base = build_base(size, device).eval()
+    ids = make_batch(size, device)
     names = [adapter_name(i) for i in range(N_ADAPTERS)]
     lk = lorakit_many(base, N_ADAPTERS)
     n_modules = sum(1 for _, m in lora_modules(lk) if names[0] in m.lora_A)
     with tempfile.TemporaryDirectory(prefix="lorakit-bench-") as tmp:
         directories = save_all(lk, names, Path(tmp))
-        pf = peft_from_dirs(base, directories)
+        pf = peft_from_dirs(base, directories, device)
 
         # ---- 1. mixed-adapter inference
         mixed_check = check_mixed(base, lk, pf, ids, names)
         log("mixed batch: " + mixed_check)
         mixed_models = {"base": base, "lorakit-mixed": lk, "peft-mixed": pf,
                         "lorakit-prebuilt": lorakit_many(base, N_ADAPTERS)}
-        mixed_t = time_mixed(mixed_models, ids, names, repeats, warmup)
+        mixed_t = time_mixed(mixed_models, ids, names, repeats, warmup, device)
         del mixed_models["lorakit-prebuilt"]
         log("mixed batches timed")
 
         # ---- 3. hot-swap and add_weighted_adapter (on the same 8-adapter models)
         combine_check = check_combinations(lk, pf)
         log("combinations: " + combine_check)
-        ops_t = time_operations(lk, pf, [directories["a1"], directories["a2"]], names, op_repeats, warmup)
+        ops_t = time_operations(lk, pf, [directories["a1"], directories["a2"]], names, op_repeats, warmup, device)
         log("adapter operations timed")
     del lk, pf
     gc.collect()
@@ -601,16 +622,16 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     train_models = dict(zip(("lorakit DoRA", "PEFT DoRA"), lora_pair(base, use_dora=True), strict=True))
     train_models.update(zip(("lorakit LoRA", "PEFT LoRA"), lora_pair(base, use_dora=False), strict=True))
     dora_rows = size.batch
-    dora_check = check_pair(train_models["lorakit DoRA"], train_models["PEFT DoRA"], make_batch(size, 2))
-    lora_check = check_pair(train_models["lorakit LoRA"], train_models["PEFT LoRA"], make_batch(size, 2))
+    dora_check = check_pair(train_models["lorakit DoRA"], train_models["PEFT DoRA"], make_batch(size, device, 2))
+    lora_check = check_pair(train_models["lorakit LoRA"], train_models["PEFT LoRA"], make_batch(size, device, 2))
     log(f"DoRA: {dora_check} | plain LoRA: {lora_check}")
     dora_pair_models = (train_models["lorakit DoRA"], train_models["PEFT DoRA"])
-    probe = max(one_step_seconds(m, make_batch(size, dora_rows)) for m in dora_pair_models)
+    probe = max(one_step_seconds(m, make_batch(size, device, dora_rows), device) for m in dora_pair_models)
     while probe > MAX_STEP_SECONDS and dora_rows > 1:
         dora_rows //= 2
-        probe = max(one_step_seconds(m, make_batch(size, dora_rows)) for m in dora_pair_models)
+        probe = max(one_step_seconds(m, make_batch(size, device, dora_rows), device) for m in dora_pair_models)
     log(f"DoRA batch {dora_rows} x {size.seq} (one untimed step {probe:.2f} s)")
-    dora_t = time_dora(train_models, make_batch(size, dora_rows), steps, warmup)
+    dora_t = time_dora(train_models, make_batch(size, device, dora_rows), steps, warmup, device)
     del train_models, dora_pair_models
     gc.collect()
     log("DoRA steps timed")
@@ -664,18 +685,23 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
                   if args.quick else "")
     dora_batch_note = ("" if dora_rows == size.batch else
                        f" (reduced from {size.batch} rows because one step took more than {MAX_STEP_SECONDS:g} s)")
+    on_cpu = device.type == "cpu"
+    load_note = (f"(about\n{os.cpu_count()} is this benchmark alone; more means other jobs shared the machine, which "
+                 "inflates absolute times\nmore than the paired ratios)" if on_cpu else
+                 "(a GPU run keeps\nabout one CPU core busy launching kernels)")
+    model_place = "CPU" if on_cpu else f"GPU (`{device}`)"
+    # The hand-written profile notes describe the recorded CPU run; a GPU run has its own (--profile --device).
+    profile_note = f"\n{PROFILE_NOTE}\n" if on_cpu else ""
     body = f"""\
 Command: `{command}` (from the repository root)
 
 Code: lorakit at commit {code_version()}
 
-Machine: {common.describe_machine("cpu", packages=("transformers", "peft"))}; shared with other users' jobs
+Machine: {common.describe_machine(device, packages=("transformers", "peft"))}; shared with other users' jobs
 
-Date: {common.today()}; 1-minute load average {load_before:.2f} before, {load_after:.2f} after (about
-{os.cpu_count()} is this benchmark alone; more means other jobs shared the machine, which inflates absolute times
-more than the paired ratios).
+Date: {common.today()}; 1-minute load average {load_before:.2f} before, {load_after:.2f} after {load_note}.
 
-{quick_note}Model: randomly initialised `{size.describe()}` (tied LM head), float32, CPU.
+{quick_note}Model: randomly initialised `{size.describe()}` (tied LM head), float32, {model_place}.
 Timing: the variants of each table are timed interleaved in one process (order rotated every round, after
 {warmup} warm-up rounds); times are medians, ratios the median of per-round ratios with the interquartile
 range in parentheses.
@@ -735,10 +761,8 @@ restacked first, which happens once after an adapter is added, deleted, hot-swap
 ### Targets
 
 {target_table}
-
-{PROFILE_NOTE}
-"""
-    return common.publish_section(SECTION_TITLE, body, args.update_md, out)
+{profile_note}"""
+    return common.publish_section(SECTION_TITLE, body, args.update_md, out, device)
 
 
 if __name__ == "__main__":
