@@ -7,6 +7,22 @@ import warnings
 import pytest
 import torch
 
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="torch device for the tests that take the `device` fixture (default cpu; e.g. cuda on a GPU machine)",
+    )
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The device named by ``--device``: CI runs these tests on the CPU; on a GPU machine, run them with
+    ``pytest --device cuda`` to check the GPU code paths (for example the eager-GPU dropout mask)."""
+    return torch.device(request.config.getoption("--device"))
+
+
 warnings.filterwarnings("ignore", message=".*bos_token_id.*")
 warnings.filterwarnings("ignore", message=".*eos_token_id.*")
 

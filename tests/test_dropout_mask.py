@@ -1,4 +1,7 @@
-"""The regenerated dropout mask of the custom LoRA function: rate, independence, reproducibility."""
+"""The regenerated dropout mask of the custom LoRA function: rate, independence, reproducibility.
+
+Tests taking ``device`` run on the CPU in CI; ``pytest --device cuda`` checks the eager-GPU mask too.
+"""
 
 import pytest
 import torch
@@ -7,8 +10,8 @@ from lorakit import functional as LF
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
-def test_keep_rate_matches_the_quantized_probability(p):
-    like = torch.empty(1000, 1000)
+def test_keep_rate_matches_the_quantized_probability(p, device):
+    like = torch.empty(1000, 1000, device=device)
     keep = LF._keep_float(like, p, seed=12345)
     assert set(keep.unique().tolist()) <= {0.0, 1.0}
     expected = 1.0 - LF.quantized_dropout_p(p)
@@ -16,16 +19,17 @@ def test_keep_rate_matches_the_quantized_probability(p):
     assert abs(keep.mean().item() - expected) < 3e-3
 
 
-def test_mask_is_a_function_of_the_seed_only():
-    like = torch.empty(64, 300)
+def test_mask_is_a_function_of_the_seed_only(device):
+    like = torch.empty(64, 300, device=device)
     a = LF._keep_float(like, 0.3, seed=7)
-    torch.testing.assert_close(a, LF._keep_float(torch.randn(64, 300), 0.3, seed=7))
+    torch.testing.assert_close(a, LF._keep_float(torch.randn(64, 300, device=device), 0.3, seed=7))
+    torch.testing.assert_close(a, LF._keep_float(like, 0.3, seed=torch.tensor(7)))  # the 0-dim tensor seed
     assert not torch.equal(a, LF._keep_float(like, 0.3, seed=8))
 
 
 @pytest.mark.parametrize("seed_pair", [(1, 2), (2**40, 2**40 + 1), (5, 5 + 2**32)])
-def test_masks_of_different_seeds_and_neighbouring_elements_are_uncorrelated(seed_pair):
-    like = torch.empty(1 << 20)
+def test_masks_of_different_seeds_and_neighbouring_elements_are_uncorrelated(seed_pair, device):
+    like = torch.empty(1 << 20, device=device)
     a, b = (LF._keep_float(like, 0.5, seed) for seed in seed_pair)
     # 2**20 samples: the correlation of independent masks has standard error ~1e-3
     assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < 6e-3

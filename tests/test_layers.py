@@ -110,16 +110,16 @@ def test_r_zero_is_a_plain_trainable_layer():
 
 
 # ----------------------------------------------------------------------------- the custom function
-def _fn_inputs(dtype=torch.float64, bias=True):
+def _fn_inputs(dtype=torch.float64, bias=True, device="cpu"):
     g = torch.Generator().manual_seed(3)
-    mk = lambda *s: torch.randn(*s, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device).requires_grad_()  # noqa: E731
     return mk(2, 3, 5), mk(4, 5), (mk(4) if bias else None), mk(2, 5), mk(4, 2)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3])
 @pytest.mark.parametrize("bias", [True, False])
-def test_gradcheck_custom_function_against_plain_formula(p, bias):
-    x, w, b, a, bb = _fn_inputs(bias=bias)
+def test_gradcheck_custom_function_against_plain_formula(p, bias, device):
+    x, w, b, a, bb = _fn_inputs(bias=bias, device=device)
     seed = 1234
 
     def ours(x, w, b, a, bb):

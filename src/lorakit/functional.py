@@ -68,8 +68,9 @@ def _random_int16(n: int, seed: int | Tensor, device: torch.device) -> Tensor:
     come from the seed; each 32-bit word gives two int16 uniforms. The keyed multiply-add before
     the hash maps the counters of two different seeds onto unrelated inputs, so masks drawn with
     different seeds are independent, not shifted copies of one another. About twice as fast on a
-    CPU as drawing the same bits from torch's Mersenne Twister, and computed identically on GPUs.
-    The key arithmetic stays in tensors, so that ``torch.compile`` traces it without a graph break.
+    CPU as drawing the same bits from torch's Mersenne Twister (eager GPU code draws from Philox
+    instead: :func:`_keep_float`). The key arithmetic stays in tensors, so that ``torch.compile``
+    traces it without a graph break.
     """
     n_words = (n + 1) // 2
     words = torch.empty(n_words, dtype=torch.int32, device=device)
@@ -88,10 +89,17 @@ def _random_int16(n: int, seed: int | Tensor, device: torch.device) -> Tensor:
 def _keep_float(like: Tensor, p: float, seed: int | Tensor) -> Tensor:
     """A 0/1 mask of ``like``'s shape and dtype, 1 with probability 1 - quantized_dropout_p(p), from ``seed``.
 
-    The int16 uniforms of :func:`_random_int16` are compared with a threshold in float arithmetic,
-    ``clamp(u - t + 1, 0, 1)``, because CPU kernels on bool tensors (``where``, bool -> float) are
-    not vectorised.
+    On the CPU, and wherever ``torch.compile`` traces the function, the int16 uniforms of
+    :func:`_random_int16` are compared with a threshold in float arithmetic, ``clamp(u - t + 1, 0, 1)``,
+    because CPU kernels on bool tensors (``where``, bool -> float) are not vectorised; the compiler
+    fuses that chain into one kernel. In eager mode on a GPU the chain would be about fifteen kernel
+    launches, so the mask is one ``bernoulli_`` from torch's counter-based Philox generator seeded
+    with ``seed`` instead: as reproducible from the seed, but not the same bits as on the CPU.
     """
+    if like.device.type == "cuda" and not torch.compiler.is_compiling():
+        generator = torch.Generator(like.device)
+        generator.manual_seed(int(seed))
+        return torch.empty_like(like).bernoulli_(1.0 - quantized_dropout_p(p), generator=generator)
     u = _random_int16(like.numel(), seed, like.device).view(like.shape).to(torch.float32)  # exact in float32
     keep = u.sub_(round(p * _INT16_SPAN) - 32768 - 1).clamp_(0, 1)  # 1 iff u >= threshold
     return keep if like.dtype == torch.float32 else keep.to(like.dtype)
@@ -138,11 +146,15 @@ class _LoraLinearFn(torch.autograd.Function):
         x2 = _flat(x)
         grad_x = grad_w = grad_bias = grad_a = grad_b = None
 
+        # s * (m1 @ m2) as one addmm with beta=0 (its input is then ignored, NaN included): a GEMM with
+        # alpha = s instead of a GEMM and a separate scaling kernel, which counts on a GPU, where these
+        # small products are bound by kernel launches
+        unused = g.new_empty(())
         if need_bb:
             # (x_a^T g)^T: MKL is several times slower on g.t() @ x_a (big operand transposed)
-            grad_b = (x_a_t @ g).mul_(s).t()  # (out, r)
+            grad_b = torch.addmm(unused, x_a_t, g, beta=0, alpha=s).t()  # (out, r)
         if need_a or need_x:
-            g_a = (lora_b.t() @ g.t()).mul_(s).t()  # (tokens, r); ~1.5-2x faster than g @ lora_b
+            g_a = torch.addmm(unused, lora_b.t(), g.t(), beta=0, alpha=s).t()  # (tokens, r); faster than g @ B
         keep = _keep_float(x2, p, ctx.seed) if p > 0.0 and (need_a or need_x) else None
         if need_a:
             grad_a = g_a.t() @ (x2 * keep if keep is not None else x2)  # (r, in)
