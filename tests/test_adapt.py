@@ -145,6 +145,24 @@ def test_sliced_fused_qv_matches_loralib_merged_linear(tiny_gpt2):
     assert torch.count_nonzero(k_slice) == 0  # k is not adapted
 
 
+@pytest.mark.parametrize("on_meta", [False, True])
+def test_sliced_adapter_is_created_on_the_models_device(tiny_gpt2, device, on_meta):
+    """Every LoRA tensor, the slice mask buffer included, is made where the base weight lives (the meta
+    device shows it on a CPU-only machine; ``pytest --device cuda`` runs the forward on a GPU)."""
+    cfg = lorakit.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], enable_lora={"c_attn": [True, False, True]})
+    reference = lorakit.inject(copy.deepcopy(tiny_gpt2), cfg)
+    randomize_lora(reference)
+    model = lorakit.inject(tiny_gpt2.to("meta" if on_meta else device), cfg)
+    target = "meta" if on_meta else device.type
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {target}
+    if not on_meta:
+        model.load_state_dict(reference.state_dict())
+        ids = torch.randint(0, 100, (2, 7))
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids.to(device)).logits.cpu(), reference(ids).logits,
+                                       rtol=1e-4, atol=1e-4)
+
+
 def test_trainable_parameters_summary(tiny_bert, capsys):
     cfg = lorakit.LoraConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"])
     lorakit.inject(tiny_bert, cfg)

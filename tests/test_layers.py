@@ -101,6 +101,13 @@ def test_training_steps_match_loralib():
         torch.testing.assert_close(ours.state_dict()[k], v)
 
 
+def test_layers_built_with_a_device_keyword_put_every_tensor_there():
+    layers = [lorakit.Linear(6, 9, r=2, device="meta"),
+              lorakit.MergedLinear(6, 9, r=2, enable_lora=[True, False, True], device="meta")]
+    for layer in layers:
+        assert {t.device.type for t in [*layer.parameters(), *layer.buffers()]} == {"meta"}
+
+
 def test_r_zero_is_a_plain_trainable_layer():
     layer = lorakit.Linear(6, 4, r=0)
     assert set(layer.state_dict()) == {"weight", "bias"}

@@ -316,8 +316,8 @@ class LoraModule(MergeableWeight, nn.Module):
         self.dropout_p[name] = float(dropout)
         self.slices[name] = list(slices) if slices else None
         if slices:
-            mask = torch.zeros(len(slices), self.fan_out // len(slices), dtype=torch.bool)
-            mask[torch.tensor(slices)] = True
+            mask = torch.zeros(len(slices), self.fan_out // len(slices), dtype=torch.bool, device=weight.device)
+            mask[torch.tensor(slices, device=weight.device)] = True
             self.register_buffer(f"slice_mask_{name}", mask.view(-1), persistent=False)
         if use_dora:
             with torch.no_grad():

@@ -251,8 +251,9 @@ class MergedLinear(Linear):
         n_enabled, out_per_slice = sum(enable_lora), out_features // len(enable_lora)
         self._init_lora(fan_in_fan_out, n_blocks=n_enabled, lora_out_features=out_per_slice * n_enabled)
         if self.has_lora:
-            row_mask = torch.zeros(len(enable_lora), out_per_slice, dtype=torch.bool)
-            row_mask[torch.tensor(enable_lora)] = True
+            device = self.weight.device  # nn.Linear's device= keyword
+            row_mask = torch.zeros(len(enable_lora), out_per_slice, dtype=torch.bool, device=device)
+            row_mask[torch.tensor(enable_lora, device=device)] = True
             self.register_buffer("lora_ind", row_mask.view(-1), persistent=False)
 
     def _lora_b(self) -> Tensor:
