@@ -402,6 +402,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: 3, 0 with --quick)",
     )
     ap.add_argument("--dims", type=int, nargs="+", default=None, help="layer sizes d (default: 768 1024)")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("BATCH", "SEQ"),
+        help="input shape (BATCH, SEQ, d) (default: 8 128, the issue's; 2 64 with --quick)",
+    )
     common.add_update_md_argument(ap)
     args = ap.parse_args(argv)
     if args.repeats is not None and args.repeats < 2:
@@ -443,7 +451,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     if args.quick:
         dims, tokens, repeats, warmup = (
             args.dims or [256],
-            (2, 64),
+            tuple(args.tokens or (2, 64)),
             args.repeats or 3,
             (args.warmup if args.warmup is not None else 1),
         )
@@ -452,11 +460,22 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
             torch.set_num_threads(1)
     else:
         default_repeats = 300 if device.type == "cuda" else 200
-        dims, tokens = args.dims or [768, 1024], (8, 128)
+        dims, tokens = args.dims or [768, 1024], tuple(args.tokens or (8, 128))
         repeats, warmup = args.repeats or default_repeats, args.warmup if args.warmup is not None else 3
     retries = args.retries if args.retries is not None else (0 if args.quick else 3)
     configs = [Config(d, r, p) for d in dims for r in (8, 64) for p in (0.0, 0.1)]
 
+    if device.type == "cuda":
+        noise_text = (
+            "on a GPU at these sizes one call takes well under a millisecond\nand is bound by the host's "
+            "kernel launches, not the GPU, so the noise measures host-side jitter."
+        )
+    else:
+        noise_text = (
+            "about\n5-15% on an otherwise idle 2-core machine; far above that, other processes slowed rounds "
+            "down and the\nrow's times and ratios are unreliable (contention hurts the variants with more, "
+            "smaller ops the most)."
+        )
     revision = common.git_revision(("src",))  # before the run: the code that gets imported and timed
     load_before = common.load_average()
     results = []
@@ -519,9 +538,7 @@ times are medians, ratios are the median of per-round ratios with the interquart
 parentheses. Without dropout the three LoRA variants are checked to agree (output, input gradient,
 LoRA gradients) before timing. PEFT's layer is the `peft.tuners.lora.Linear` produced by
 `get_peft_model` on a module holding one `nn.Linear`, called directly (no `PeftModel` wrapper).
-"noise" is the largest interquartile range / median of the four variants' times in that row: about
-5-15% on an otherwise idle 2-core machine; far above that, other processes slowed rounds down and the
-row's times and ratios are unreliable (contention hurts the variants with more, smaller ops the most).
+"noise" is the largest interquartile range / median of the four variants' times in that row: {noise_text}
 A configuration whose noise exceeds {100 * args.noise_limit:.0f}% is measured again (at most {retries} more
 times) and the least noisy measurement is kept; "(n runs)" in that column says how many were made.
 {quick_note}
