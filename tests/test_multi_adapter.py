@@ -332,6 +332,33 @@ def test_mixed_batch_reuses_the_stacked_adapters_across_entries(tiny_gpt2):
         assert c_attn.row_plan.bank is bank
 
 
+def test_mixed_batch_reuses_the_row_plan_of_the_same_rows_until_an_adapter_changes(tiny_gpt2, monkeypatch):
+    model = two_adapters(tiny_gpt2)
+    c_attn = model.transformer.h[0].attn.c_attn
+    rows = ["one", "two", "__base__"]  # bank slots 0, 1, 2: the plan's stacks are views of the bank
+    with lorakit.adapter_batch(model, rows):
+        plan = c_attn.row_plan
+        before = logits(model)
+    with lorakit.adapter_batch(model, rows):
+        assert c_attn.row_plan is plan
+    with torch.no_grad():
+        c_attn.lora_B["two"].mul_(-2)
+    with lorakit.adapter_batch(model, rows):
+        assert c_attn.row_plan is not plan
+        after = logits(model)
+    assert not torch.allclose(after, before, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after, per_row_logits(model, rows), rtol=1e-5, atol=1e-5)
+    gathered = ("two", "one", "__base__")  # slots 1, 0, 2: a plan holding its own gathered copy is not kept
+    with lorakit.adapter_batch(model, gathered):
+        pass
+    assert gathered not in c_attn._adapter_bank.plans
+    monkeypatch.setattr(lorakit.adapt, "PLAN_CACHE_SIZE", 2)  # the oldest plans are dropped first
+    for rows in (["one"], ["two"], ["one", "two"]):
+        with lorakit.adapter_batch(model, rows):
+            pass
+    assert list(c_attn._adapter_bank.plans) == [("two",), ("one", "two")]
+
+
 def test_stacks_built_in_inference_mode_serve_later_forwards_with_grad_mode_on(tiny_gpt2):
     model = two_adapters(tiny_gpt2)
     rows = ["one", "two", "__base__"]

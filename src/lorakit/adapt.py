@@ -516,9 +516,13 @@ class LoraLinear(LoraModule):
         if rows % n:
             raise ValueError(f"adapter_batch was given {n} row names but the batch has {rows} rows")
         a, bt = plan.stacks()  # (n, R, in), scaling * B^T: (n, R, out)
-        x_a = torch.bmm(x.reshape(n, -1, x.shape[-1]), a.transpose(1, 2))  # (n, k * tokens, R)
+        shaped = rows == n and x.dim() == 3  # x is (n, tokens, in) already: no reshape and view (a dispatch each)
+        x_a = torch.bmm(x if shaped else x.reshape(n, -1, x.shape[-1]), a.transpose(1, 2))  # (n, k * tokens, R)
+        dtype = base.dtype
+        if x_a.dtype != dtype or bt.dtype != dtype:  # autocast: the base output is in the autocast dtype
+            x_a, bt = x_a.to(dtype), bt.to(dtype)
         # F.linear's output is fresh and contiguous: accumulate into it instead of allocating another
-        base.view(n, -1, base.shape[-1]).baddbmm_(x_a.to(base.dtype), bt.to(base.dtype))
+        (base if shaped else base.view(n, -1, base.shape[-1])).baddbmm_(x_a, bt)
         return base
 
 
@@ -851,39 +855,50 @@ def adapter_batch(model: nn.Module, names_per_row: list[str]):
     cost does not grow with the number of distinct adapters. The module's adapters are stacked (ranks
     padded with zeros) into an :class:`AdapterBank` that is kept between entries and rebuilt only when
     an adapter is added, deleted or changed (see :class:`AdapterBank` for what counts as a change);
-    entering the block then only builds each module's :class:`RowPlan`. Works around ``model(...)`` and
-    ``model.generate(...)``: a batch of ``k * len(names_per_row)`` rows (beams laid out with
-    ``repeat_interleave``, prompt i owning rows ``i * k .. (i + 1) * k - 1``) gives prompt i's adapter to
-    all of its rows.
+    entering the block then only checks each module's bank and takes its :class:`RowPlan` for these rows
+    (kept in the bank too, see :func:`_row_plan`). Works around ``model(...)`` and ``model.generate(...)``:
+    a batch of ``k * len(names_per_row)`` rows (beams laid out with ``repeat_interleave``, prompt i owning
+    rows ``i * k .. (i + 1) * k - 1``) gives prompt i's adapter to all of its rows.
     """
-    names_per_row = list(names_per_row)
+    names_per_row = tuple(names_per_row)
     if model.training:
         raise ValueError("adapter_batch is for inference: call model.eval() first (mixed batches do not train)")
     if not names_per_row:
         raise ValueError("names_per_row is empty: give one adapter name (or '__base__') per batch row")
-    _check_known(model, names_per_row, allow_base=True)
-    slots = list(dict.fromkeys(names_per_row))
+    slots = tuple(dict.fromkeys(names_per_row))
+    modules = []  # (path, module, the rows' adapters it holds): one walk serves the name check and the setup
+    held: set[str] = set()
+    for path, module in lora_modules(model):
+        lora_a = module.lora_A
+        used = [n for n in slots if n in lora_a]
+        held.update(used)
+        modules.append((path, module, used))
+    if any(n not in held and n != "__base__" for n in slots):
+        _check_known(model, names_per_row, allow_base=True)  # raises, naming the unknown adapters
     saved = []
     index_cache: dict = {}  # modules holding the same adapters share one row index
     try:
-        for path, module in lora_modules(model):
-            used = [n for n in slots if n in module.lora_A]
+        for path, module, used in modules:
             if used and not isinstance(module, LoraLinear):
                 raise ValueError(f"{path}: mixed-adapter batches support linear layers; this adapts a "
                                  f"{type(module.base_layer).__name__}")
-            if any(n in module.lora_magnitude_vector for n in used):
+            dora = module.lora_magnitude_vector
+            if dora and any(n in dora for n in used):
                 raise ValueError(f"{path}: mixed-adapter batches do not support DoRA adapters")
             saved.append((module, module.merged, module.active_adapters))
-            module.unmerge()
+            if module.merged:
+                module.unmerge()
             if used:
                 module.row_plan = _row_plan(module, names_per_row, index_cache)
             else:  # none of the rows' adapters is here: every row runs the base layer, whatever is active
                 module.active_adapters = []
         yield model
     finally:
-        for module, merged, active in saved:
-            module.row_plan = None
-            module.active_adapters = active
+        for module, merged, active in saved:  # assigned only where changed: nn.Module.__setattr__ is slow
+            if module.row_plan is not None:
+                module.row_plan = None
+            if module.active_adapters is not active:
+                module.active_adapters = active
             if merged:
                 module.merge()
 
@@ -900,10 +915,14 @@ class AdapterBank:
     ``key`` records what the stacks were built from: per adapter its name, scaling and the ``data_ptr`` and
     version counter (``Tensor._version``) of A and B, plus dtype and device. Any in-place change of a LoRA
     weight (``copy_`` under ``torch.no_grad()``, an optimizer step, ``load_state_dict``, ``hotswap_adapter``),
-    a new tensor (``.to()``, ``p.data = t``), a changed scaling, or adding / deleting an adapter (which
-    drops the bank) makes the next :func:`adapter_batch` rebuild it. Writes through ``p.data`` (e.g.
-    ``p.data.copy_(t)``) do not advance the version counter and are not seen: call
-    :func:`clear_adapter_banks` after them.
+    a new tensor (``.to()``, ``p.data = t``, a new parameter in ``lora_A`` / ``lora_B``), a changed scaling,
+    or adding / deleting an adapter (which drops the bank) makes the next :func:`adapter_batch` rebuild it.
+    Writes through ``p.data`` (e.g. ``p.data.copy_(t)``) do not advance the version counter and are not
+    seen: call :func:`clear_adapter_banks` after them.
+
+    ``plans`` keeps the :class:`RowPlan` of each recent ``names_per_row`` (at most :data:`PLAN_CACHE_SIZE`)
+    whose stacks are views of this bank or gathered on every call, so that entering :func:`adapter_batch`
+    again with the same rows reuses it; a rebuilt bank starts with none.
     """
 
     key: tuple
@@ -911,6 +930,7 @@ class AdapterBank:
     ranks: tuple[int, ...]
     a: Tensor
     bt: Tensor
+    plans: dict[tuple[str, ...], RowPlan] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclasses.dataclass
@@ -942,15 +962,21 @@ class RowPlan:
 
 
 PLAN_GATHER_BYTES = 1 << 20  # a module's row plan keeps its gathered stacks when they take at most this
+PLAN_CACHE_SIZE = 16  # row plans an adapter bank keeps for later entries (the oldest is dropped first)
 
 
 def _bank_key(module: LoraLinear, names: tuple[str, ...]) -> tuple:
-    """What an :class:`AdapterBank` of ``names`` depends on (see its docstring)."""
+    """What an :class:`AdapterBank` of ``names`` depends on (see its docstring).
+
+    Reads the ``ParameterDict``s' own ``_parameters`` (where they keep their entries): run for every module
+    at every :func:`adapter_batch` entry, ``lora_A[name]`` (a ``Module.__getattr__`` each) would dominate.
+    """
+    lora_a, lora_b, scaling = module.lora_A._parameters, module.lora_B._parameters, module.scaling
     parts = []
     for name in names:
-        a, b = module.lora_A[name], module.lora_B[name]
-        parts.append((name, module.scaling[name], a.data_ptr(), a._version, b.data_ptr(), b._version))
-    weight = module.lora_A[names[0]]
+        a, b = lora_a[name], lora_b[name]
+        parts.append((name, scaling[name], a.data_ptr(), a._version, b.data_ptr(), b._version))
+    weight = lora_a[names[0]]
     return tuple(parts), weight.dtype, weight.device
 
 
@@ -960,7 +986,8 @@ def _adapter_bank(module: LoraLinear) -> AdapterBank:
     When only weights or scalings changed (same adapters, ranks, dtype and device: e.g. after a hot-swap),
     the changed adapters' slots are rewritten in the old bank's tensors instead of stacking anew.
     """
-    names = tuple(n for n in module.lora_A if n not in module.lora_magnitude_vector)
+    dora = module.lora_magnitude_vector
+    names = tuple(n for n in module.lora_A if n not in dora) if dora else tuple(module.lora_A)
     key = _bank_key(module, names)
     old = module._adapter_bank
     if old is not None and old.key == key:
@@ -998,30 +1025,40 @@ def clear_adapter_banks(model: nn.Module) -> None:
         module._adapter_bank = None
 
 
-def _row_plan(module: LoraLinear, names_per_row: list[str],
+def _row_plan(module: LoraLinear, names_per_row: tuple[str, ...],
               index_cache: dict[tuple[str, ...], tuple[Tensor, list[int], int | None]]) -> RowPlan:
     """The module's :class:`RowPlan` for ``names_per_row`` (its bank built or reused).
 
+    A plan the bank kept from an earlier entry with the same rows is returned as is. Otherwise
     ``index_cache`` maps a bank's adapter names to the row index, the slots in use and the first slot when
     the rows use consecutive slots, so that modules holding the same adapters share them within one
-    :func:`adapter_batch` entry.
+    :func:`adapter_batch` entry; the new plan is kept in the bank unless it holds its own gathered copy
+    of the stacks (which would stay allocated).
     """
     bank = _adapter_bank(module)
-    cached = index_cache.get(bank.names)
-    if cached is None:
-        slot = {name: i for i, name in enumerate(bank.names)}
-        per_row = [slot.get(n, len(bank.names)) for n in names_per_row]
-        consecutive = per_row == list(range(per_row[0], per_row[0] + len(per_row)))
-        cached = (torch.tensor(per_row, device=bank.a.device), sorted(set(per_row) - {len(bank.names)}),
-                  per_row[0] if consecutive else None)
-        index_cache[bank.names] = cached
-    index, used, first = cached
-    plan = RowPlan(bank, index, max(bank.ranks[i] for i in used))
-    if first is not None:  # rows use consecutive slots (e.g. every adapter once, in bank order): views, no copy
-        rows = slice(first, first + plan.rows)
-        plan.gathered = (bank.a[rows, : plan.rank], bank.bt[rows, : plan.rank])
-    elif plan.rows * plan.rank * (module.fan_in + module.fan_out) * bank.a.element_size() <= PLAN_GATHER_BYTES:
-        plan.gathered = plan.gather()
+    plan = bank.plans.get(names_per_row)
+    if plan is not None:
+        return plan
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, reusable outside inference mode
+        cached = index_cache.get(bank.names)
+        if cached is None:
+            slot = {name: i for i, name in enumerate(bank.names)}
+            per_row = [slot.get(n, len(bank.names)) for n in names_per_row]
+            consecutive = per_row == list(range(per_row[0], per_row[0] + len(per_row)))
+            cached = (torch.tensor(per_row, device=bank.a.device), sorted(set(per_row) - {len(bank.names)}),
+                      per_row[0] if consecutive else None)
+            index_cache[bank.names] = cached
+        index, used, first = cached
+        plan = RowPlan(bank, index, max(bank.ranks[i] for i in used))
+        if first is not None:  # rows use consecutive slots (e.g. every adapter once, in bank order): views
+            rows = slice(first, first + plan.rows)
+            plan.gathered = (bank.a[rows, : plan.rank], bank.bt[rows, : plan.rank])
+        elif plan.rows * plan.rank * (module.fan_in + module.fan_out) * bank.a.element_size() <= PLAN_GATHER_BYTES:
+            plan.gathered = plan.gather()
+    if first is not None or plan.gathered is None:  # holds no copy of its own: keep it for later entries
+        if len(bank.plans) >= PLAN_CACHE_SIZE:
+            del bank.plans[next(iter(bank.plans))]
+        bank.plans[names_per_row] = plan
     return plan
 
 
