@@ -44,6 +44,18 @@ def test_single_process_helpers_are_no_ops():
     assert broadcast_object("x", one) == "x"
 
 
+def test_more_processes_than_gpus_is_a_clear_error_and_cpu_always_works(monkeypatch):
+    from lorakit.train import distributed as D
+
+    # a machine with one GPU, seen from the second torchrun process (CI has none: the count is patched)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for preference in ("auto", "cuda"):
+        with pytest.raises(RuntimeError, match=r"LOCAL_RANK 1, but only 1 CUDA device.*nproc_per_node 1.*'cpu'"):
+            D._pick_device(preference, local_rank=1)
+    assert D._pick_device("cpu", local_rank=1) == torch.device("cpu")
+
+
 def test_unwrap_returns_the_model_under_a_module_wrapper_and_a_plain_model_as_it_is():
     model = torch.nn.Linear(3, 2)
     assert unwrap(model) is model
@@ -55,7 +67,9 @@ def test_unwrap_returns_the_model_under_a_module_wrapper_and_a_plain_model_as_it
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_process(tmp_path, kit, strategy):
-    sections = dict(training={"max_steps": 4, "checkpoint_every": 2, "batch_size": 8, "strategy": strategy},
+    # on the CPU (gloo), also on a GPU machine: two processes need not have two GPUs
+    sections = dict(training={"max_steps": 4, "checkpoint_every": 2, "batch_size": 8, "strategy": strategy,
+                              "device": "cpu"},
                     evaluation={"every": 4, "average_last": 2},
                     data={"max_eval_examples": 31})  # odd: the last process gets a padded shard
     config = kit.write_config(tmp_path / "c.json", kit.tiny_raw_config(**sections))

@@ -228,7 +228,8 @@ def test_export_writes_a_merged_model_that_from_pretrained_reads(tmp_path, tok):
     assert not any("lora" in n for n, _ in plain.named_parameters())
     adapted = _load_run(cfg, tmp_path / "run", None, None, None, with_data=False).model.eval()
     ids = torch.tensor([tok("name[The Vaults], eatType[pub]\n")["input_ids"]])
-    torch.testing.assert_close(plain(ids).logits, adapted(ids).logits, rtol=1e-4, atol=1e-4)
+    on_device = adapted(ids.to(next(adapted.parameters()).device)).logits.cpu()  # the run's device: GPU if any
+    torch.testing.assert_close(plain(ids).logits, on_device, rtol=1e-4, atol=1e-4)
     assert export_main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 1  # not empty
     again = _raw(tmp_path, training={"max_steps": 1, "checkpoint_every": 1})
     again["model"] = {"name_or_path": str(tmp_path / "model")}

@@ -42,12 +42,20 @@ class DistInfo:
 
 
 def _pick_device(preference: str, local_rank: int) -> torch.device:
+    """``training.device`` ("auto", "cpu" or "cuda") for the process with ``LOCAL_RANK`` ``local_rank``:
+    "auto" takes GPU ``local_rank`` when CUDA is visible, else the CPU."""
     if preference == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if preference in ("cuda", "auto") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    visible = torch.cuda.device_count()
+    if local_rank >= visible:
+        raise RuntimeError(
+            f"this process has LOCAL_RANK {local_rank}, but only {visible} CUDA device(s) are visible: start at "
+            f"most one process per GPU (torchrun --nproc_per_node {visible}), or set training.device to 'cpu'"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def setup(device: str = "auto") -> DistInfo:
