@@ -13,7 +13,7 @@ from helpers import minilm_tokenizer, need, shared_data
 from torch import nn
 
 from lorakit.train.tasks import DataError, get_task
-from lorakit.train.tasks.squad import SpanPrediction
+from lorakit.train.tasks.squad import SpanPrediction, _windows
 
 SQUAD_DEV = Path(os.environ.get("LORAKIT_SQUAD_DATA", shared_data() / "squad")) / "dev-v1.1.json"
 WINDOW = {"max_length": 64, "doc_stride": 16, "max_query_length": 24, "max_answer_length": 30}
@@ -229,3 +229,25 @@ def test_training_run_reports_official_scores(tmp_path, squad_slice, kit):
     assert 0.0 <= final["exact_match"] <= final["f1"] <= 100.0
     assert results["parameters"]["trainable"] > 0
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("n_context", [1, 7, 8, 9, 30])
+def test_windows_keep_question_and_specials_and_share_stride_context_tokens(n_context):
+    """``[CLS] q q q [SEP] c... [SEP]`` cut with max_length 14 (8 context tokens per window), stride 3."""
+    ids = [101, 1, 2, 3, 102] + list(range(1000, 1000 + n_context)) + [102]
+    types = [0] * 5 + [1] * (n_context + 1)
+    offsets = [(0, 0)] * 5 + [(10 * i, 10 * i + 5) for i in range(n_context)] + [(0, 0)]
+    sequence_ids = [None, 0, 0, 0, None] + [1] * n_context + [None]
+    windows = _windows(ids, types, offsets, sequence_ids, max_length=14, stride=3)
+    pieces = []
+    for w_ids, w_types, w_offsets in windows:
+        assert len(w_ids) <= 14 and len(w_ids) == len(w_types) == len(w_offsets)
+        assert w_ids[:5] == [101, 1, 2, 3, 102] and w_ids[-1] == 102 and w_types[:5] == [0] * 5
+        piece = w_ids[5:-1]
+        assert all(o == (10 * (t - 1000), 10 * (t - 1000) + 5) for t, o in zip(piece, w_offsets[5:-1], strict=True))
+        assert w_offsets[:5] == [(-1, -1)] * 5 and w_offsets[-1] == (-1, -1)
+        pieces.append(piece)
+    assert pieces[0][0] == 1000 and pieces[-1][-1] == 1000 + n_context - 1
+    for a, b in zip(pieces, pieces[1:], strict=False):
+        assert len(a) == 8 and a[-3:] == b[:3]  # full windows before the last; 3 shared tokens
+    assert len(windows) == max(1, -(-(n_context - 3) // 5))  # ceil((n - stride) / (room - stride))

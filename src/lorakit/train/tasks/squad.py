@@ -7,9 +7,9 @@ Data: the official JSON files (``{"version", "data": [{"title", "paragraphs": [{
 
 Windows: a context longer than the window is cut into overlapping windows of ``data.max_length`` tokens
 (``[CLS] question [SEP] context-piece [SEP]``), consecutive windows sharing ``data.doc_stride`` context
-tokens (the Hugging Face tokenizer's ``stride``). Questions longer than ``data.max_query_length`` tokens are
-cut to it (as in BERT's ``run_squad.py``); ``null`` keeps them whole, and a question that then leaves no
-room for context is refused.
+tokens (the windows of the Hugging Face tokenizer's ``stride`` overflow, cut by :func:`_windows`).
+Questions longer than ``data.max_query_length`` tokens are cut to it (as in BERT's ``run_squad.py``);
+``null`` keeps them whole, and a question that then leaves no room for context is refused.
 
 Head: the loop's model with ``token_level=True`` gives ``(batch, seq, 2)`` logits from its ``classifier``
 (a ``Linear(hidden, 2)``: start and end scores per token, like BERT's ``qa_outputs``). Training: the mean
@@ -46,6 +46,30 @@ SQUAD_VERSIONS: dict[str, tuple[str, str]] = {"squad": ("1.1", "v1.1"), "squad_v
 
 _LAYOUT = ('{"version": ..., "data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [{"id": ..., '
            '"question": ..., "answers": [{"text": ..., "answer_start": ...}], "is_impossible": ...}]}]}]}')
+
+
+def _windows(ids: list[int], types: list[int], offsets: list, sequence_ids: list, max_length: int,
+             stride: int) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
+    """Cut one encoded (question, context) pair into windows of at most ``max_length`` tokens.
+
+    Every window keeps the pair's tokens around the context (special tokens and the question: ``[CLS] q
+    [SEP]`` and ``[SEP]`` for BERT) and holds the next piece of context; consecutive pieces share ``stride``
+    tokens, the last piece ends with the context (the windows of Hugging Face's ``stride`` overflow).
+    Returns ``(input_ids, token_type_ids, offsets)`` per window, offsets ``(-1, -1)`` outside the context.
+    """
+    context = [t for t, s in enumerate(sequence_ids) if s == 1]
+    first, stop = (context[0], context[-1] + 1) if context else (len(ids), len(ids))
+    room = max_length - (len(ids) - (stop - first))  # context tokens per window
+    outside = (-1, -1)
+    windows, start = [], first
+    while True:
+        end = min(start + room, stop)
+        window = slice(start, end)
+        windows.append((ids[:first] + ids[window] + ids[stop:], types[:first] + types[window] + types[stop:],
+                        [outside] * first + [tuple(o) for o in offsets[window]] + [outside] * (len(ids) - stop)))
+        if end >= stop:
+            return windows
+        start = end - stride
 
 
 @dataclass(frozen=True)
@@ -196,18 +220,18 @@ class SquadTask:
                     f"{e.source}: the question ({n} tokens) leaves {max(room, 0)} context tokens per window with "
                     f"data.max_length={max_length}, not more than data.doc_stride={stride}; raise data.max_length, "
                     f"lower data.doc_stride or set data.max_query_length (questions are cut to it)")
-        enc = tokenizer(questions, [e.context for e in examples], truncation="only_second", max_length=max_length,
-                        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                        return_token_type_ids=True)
+        # Each pair is encoded whole, then cut into windows here: the tokenizer's own overflow windows
+        # (return_overflowing_tokens with stride) are not reliable across versions (transformers 5.17's BERT
+        # tokenizer returns only the first two windows of a long context).
+        enc = tokenizer(questions, [e.context for e in examples], return_offsets_mapping=True,
+                        return_token_type_ids=True, verbose=False)
         items = []
-        for i, ids in enumerate(enc["input_ids"]):
-            e = examples[enc["overflow_to_sample_mapping"][i]]
-            seq_ids = enc.sequence_ids(i)
-            offsets = [tuple(o) if s == 1 else (-1, -1) for o, s in zip(enc["offset_mapping"][i], seq_ids,
-                                                                          strict=True)]
-            start, end = self._targets(e, offsets)
-            items.append({"input_ids": ids, "token_type_ids": enc["token_type_ids"][i], "offsets": offsets,
-                          "start": start, "end": end, "label": e.qid})
+        for i, e in enumerate(examples):
+            for ids, types, offsets in _windows(enc["input_ids"][i], enc["token_type_ids"][i],
+                                                enc["offset_mapping"][i], enc.sequence_ids(i), max_length, stride):
+                start, end = self._targets(e, offsets)
+                items.append({"input_ids": ids, "token_type_ids": types, "offsets": offsets,
+                              "start": start, "end": end, "label": e.qid})
         for e in examples:
             self._questions[e.qid] = (e.context, e.answers, e.is_impossible)
         return items
