@@ -81,13 +81,17 @@ def wrap(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
     if not info.enabled:
         return model
     if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # the mesh of this run's device: fully_shard's default mesh is CUDA whenever a GPU is visible, also for
+        # a run on the CPU (training.device = "cpu" on a GPU machine)
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
         for module in list(model.modules()):
             if isinstance(module, nn.ModuleList):
                 for block in module:
-                    fully_shard(block)
-        fully_shard(model)
+                    fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
