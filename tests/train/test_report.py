@@ -17,13 +17,13 @@ HIDDEN = 8
 
 
 def _fake_run(root: Path, name: str, task: str, method: str, seed: int, value: float, *,
-              metric: str = "acc", pooling: str = "mean", finished: bool = True) -> Path:
+              metric: str = "acc", pooling: str = "mean", finished: bool = True, lr: float = 1e-3) -> Path:
     """A workdir as ``train`` leaves it: config.json, results.json and one checkpoint of trainable tensors."""
     wd = root / name
     wd.mkdir(parents=True)
     cfg = {"model": {"pooling": pooling}, "method": {"name": method, "r": 4, "target_modules": ["query", "value"]},
            "task": {"name": task}, "data": {"dir": "/data/glue", "max_length": 64},
-           "training": {"seed": seed, "batch_size": 16}}
+           "training": {"seed": seed, "batch_size": 16}, "optimizer": {"lr": lr}}
     (wd / "config.json").write_text(json.dumps(cfg))
     head = {"classifier.weight": torch.zeros(2, HIDDEN), "classifier.bias": torch.zeros(2)}
     encoder_total = 1000
@@ -71,6 +71,17 @@ def test_seeds_are_summarised_as_median_and_mean_std_per_method_and_task(runs_ro
     assert full_row.rstrip().endswith("| – |")  # full FT lacks stsb: no average
     lora_row = next(line for line in lines if line.startswith("| LoRA (r=4) |"))
     assert lora_row.rstrip().endswith(f"| {(72.0 + 80.0) / 2:.1f} |")
+
+
+def test_a_learning_rate_sweep_gives_one_row_per_rate_of_the_swept_method(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        for lr, value in ((5e-4, 0.70), (2e-3, 0.60)):
+            _fake_run(tmp_path, f"lora_lr{lr:g}_s{seed}", "rte", "lora", seed, value + seed / 100, lr=lr)
+        _fake_run(tmp_path, f"full_s{seed}", "rte", "full", seed, 0.75, lr=1e-4)  # one rate: plain label
+    summary = summarise(collect_runs([tmp_path], warn=lambda _m: None))
+    assert sorted(summary.methods) == ["LoRA (r=4), lr 0.0005", "LoRA (r=4), lr 0.002", "full FT"]
+    assert summary.cells[("LoRA (r=4), lr 0.0005", "rte")].median == pytest.approx(70.5)
+    assert summary.cells[("LoRA (r=4), lr 0.002", "rte")].median == pytest.approx(60.5)
 
 
 def test_head_and_adapter_parameters_are_told_apart_from_checkpoint_names(runs_root: Path) -> None:

@@ -1,10 +1,11 @@
 """``lorakit report WORKDIR...``: the results of many runs as one table, like the LoRA paper's.
 
 Each WORKDIR is a finished run (it holds ``results.json`` and ``config.json``) or a folder searched
-recursively for such runs. Runs are grouped by method (``LoRA (r=8)``, ``full FT``, ``head only``) and
-task; the seeds of a group are summarised as median and mean +- sample std. The table has one row per
-method, one column per task, the trainable parameters (without and with the head) and, when a method has
-every task, the average of its per-task medians (the paper's "Avg.").
+recursively for such runs. Runs are grouped by method (``LoRA (r=8)``, ``full FT``, ``head only``; with the
+learning rate, ``LoRA (r=8), lr 0.0005``, when one method was run at several) and task; the seeds of a
+group are summarised as median and mean +- sample std. The table has one row per method, one column per
+task, the trainable parameters (without and with the head) and, when a method has every task, the average
+of its per-task medians (the paper's "Avg.").
 
 Outputs: Markdown on stdout (the summary table, then one row per run with its dev metric, trainable
 parameters, wall time and the exact command that reproduces it) and, with ``--out DIR``,
@@ -166,7 +167,8 @@ def read_run(workdir: str | Path) -> RunRecord:
         adapter=adapter, encoder=encoder, wall_time_s=res.get("wall_time_s"), steps=res.get("steps"),
         command=_command(workdir, cfg), after_training=params.get("after_training"),
         extra={"batch_size": (cfg.get("training") or {}).get("batch_size"),
-               "max_length": (cfg.get("data") or {}).get("max_length")},
+               "max_length": (cfg.get("data") or {}).get("max_length"),
+               "lr": (cfg.get("optimizer") or {}).get("lr")},
     )
 
 
@@ -178,7 +180,19 @@ def collect_runs(paths: Sequence[str | Path], warn=lambda msg: print(msg, file=s
     if not done:
         raise ReportError(f"no finished run (a folder with config.json and results.json) under "
                           f"{', '.join(str(p) for p in paths)}")
-    return [read_run(run) for run in done]
+    return _label_learning_rates([read_run(run) for run in done])
+
+
+def _label_learning_rates(runs: list[RunRecord]) -> list[RunRecord]:
+    """Runs of one method at several learning rates (a sweep) become one method row per rate:
+    ``LoRA (r=8), lr 0.0005``. A method run at one rate keeps its plain label."""
+    rates: dict[str, set] = {}
+    for r in runs:
+        rates.setdefault(r.method, set()).add(r.extra.get("lr"))
+    for r in runs:
+        if len(rates[r.method]) > 1:
+            r.method = f"{r.method}, lr {r.extra.get('lr'):g}"
+    return runs
 
 
 # ------------------------------------------------------------------------------------------------------
