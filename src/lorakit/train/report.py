@@ -332,7 +332,7 @@ def plot_report(summary: Summary, path: str | Path) -> Path | None:
     path = Path(path)
     n_tasks, n_methods = len(summary.tasks), len(summary.methods)
     width = 0.8 / max(n_methods, 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * n_tasks + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * n_tasks + 2) + 2.2, 3.8))  # + room for the legend
     for j, method in enumerate(summary.methods):
         xs, med, err = [], [], []
         for i, task in enumerate(summary.tasks):
@@ -352,7 +352,8 @@ def plot_report(summary: Summary, path: str | Path) -> Path | None:
     ax.set_title("dev metric by task and method\nbars: median over seeds, whiskers: std, dots: single seeds",
                  fontsize=9)
     ax.axhline(0, color="gray", linewidth=0.5)
-    ax.legend(fontsize=8)
+    # beside the axes, so that it never hides a bar (a sweep has many method rows)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
