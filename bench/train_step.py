@@ -687,6 +687,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     warmup = args.warmup if args.warmup is not None else (3 if on_cuda else 1)
     inference_steps = args.inference_steps or steps
     log = common.progress_logger()
+    revision = common.git_revision(("src",))  # before the run: the code that gets imported and timed
 
     base = build_base(size).to(device)
     ids = make_batch(size, device)
@@ -748,6 +749,8 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     model_desc = f"GPT2LMHeadModel(GPT2Config(n_layer={size.n_layer}, n_embd={size.n_embd}, n_head={size.n_head}))"
     body = f"""\
 Command: `{command}` (from the repository root)
+
+Code: lorakit at commit {revision}
 
 Machine: {common.describe_machine(device, packages=("transformers", "peft"))}
 

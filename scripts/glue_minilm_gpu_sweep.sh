@@ -6,8 +6,8 @@
 # Usage: scripts/glue_minilm_gpu_sweep.sh GLUE_DIR [RUNS_DIR] [JOBS]
 #   LORA_EPOCHS (default 10), FULL_EPOCHS (default 3), SEEDS (default "0 1 2"),
 #   LORA_LRS (default "5e-4 1e-3 2e-3"), FULL_LRS (default "5e-5 1e-4") override the grid.
-# About 7 minutes on one H200 with JOBS=15 (45 runs; a 10-epoch LoRA run took about 2 minutes beside 14
-# others); every run writes RUNS_DIR/<method>_lr<lr>/<task>_s<seed>/, the summary RUNS_DIR/report/.
+# A little over 7 minutes on one H200 with JOBS=15 (45 runs; in RESULTS.md's run the last one was cut off
+# at 6.7 minutes; a 10-epoch LoRA run took 1.6-3.1 minutes beside 14 others); every run writes RUNS_DIR/<method>_lr<lr>/<task>_s<seed>/, the summary RUNS_DIR/report/.
 set -euo pipefail
 glue=${1:?usage: $0 GLUE_DIR [RUNS_DIR] [JOBS]}
 runs=${2:-runs/glue_minilm_gpu_sweep}
@@ -21,7 +21,7 @@ full_lrs=${FULL_LRS:-5e-5 1e-4}
 mkdir -p "$runs"
 commands="$runs/commands.txt"
 : > "$commands"
-# task:steps per epoch (train examples / batch size 16 of configs/glue/minilm_<task>_*.json)
+# task:steps per epoch (train examples / batch size of configs/glue/minilm_<task>_*.json: 16, 16, 32)
 for spec in mrpc:230 stsb:360 cola:268; do
   task=${spec%%:*}; per_epoch=${spec##*:}
   for seed in $seeds; do

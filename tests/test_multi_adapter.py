@@ -488,3 +488,16 @@ def test_dora_with_dropout_trains_exactly_like_peft(tiny_gpt2, tmp_path):
     assert ours.keys() == peft_grads.keys() and any("magnitude" in n for n in ours)
     for name in ours:
         torch.testing.assert_close(ours[name], peft_grads[name], msg=name)
+
+
+def test_row_index_is_made_on_each_modules_device(tiny_gpt2, device):
+    """Modules holding the same adapters share one row index per device: a model split across devices
+    (here one block on the meta device; with ``--device cuda``, on the GPU) gets the index where each
+    module's adapters are."""
+    model = two_adapters(tiny_gpt2).eval()
+    other = torch.device("meta") if device.type == "cpu" else device
+    model.transformer.h[1].to(other)
+    rows = ["two", "one", "one"]  # not consecutive slots: the plan gathers with its index
+    with lorakit.adapter_batch(model, rows):
+        for block, expected in ((model.transformer.h[0], "cpu"), (model.transformer.h[1], other.type)):
+            assert block.attn.c_attn.row_plan.index.device.type == expected

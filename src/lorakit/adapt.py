@@ -1026,11 +1026,12 @@ def clear_adapter_banks(model: nn.Module) -> None:
 
 
 def _row_plan(module: LoraLinear, names_per_row: tuple[str, ...],
-              index_cache: dict[tuple[str, ...], tuple[Tensor, list[int], int | None]]) -> RowPlan:
+              index_cache: dict[tuple[tuple[str, ...], torch.device], tuple[Tensor, list[int], int | None]]
+              ) -> RowPlan:
     """The module's :class:`RowPlan` for ``names_per_row`` (its bank built or reused).
 
     A plan the bank kept from an earlier entry with the same rows is returned as is. Otherwise
-    ``index_cache`` maps a bank's adapter names to the row index, the slots in use and the first slot when
+    ``index_cache`` maps a bank's adapter names and device to the row index, the slots in use and the first slot when
     the rows use consecutive slots, so that modules holding the same adapters share them within one
     :func:`adapter_batch` entry; the new plan is kept in the bank unless it holds its own gathered copy
     of the stacks (which would stay allocated).
@@ -1040,14 +1041,15 @@ def _row_plan(module: LoraLinear, names_per_row: tuple[str, ...],
     if plan is not None:
         return plan
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, reusable outside inference mode
-        cached = index_cache.get(bank.names)
+        key = (bank.names, bank.a.device)  # a model split across GPUs needs the index on each module's device
+        cached = index_cache.get(key)
         if cached is None:
             slot = {name: i for i, name in enumerate(bank.names)}
             per_row = [slot.get(n, len(bank.names)) for n in names_per_row]
             consecutive = per_row == list(range(per_row[0], per_row[0] + len(per_row)))
             cached = (torch.tensor(per_row, device=bank.a.device), sorted(set(per_row) - {len(bank.names)}),
                       per_row[0] if consecutive else None)
-            index_cache[bank.names] = cached
+            index_cache[key] = cached
         index, used, first = cached
         plan = RowPlan(bank, index, max(bank.ranks[i] for i in used))
         if first is not None:  # rows use consecutive slots (e.g. every adapter once, in bank order): views

@@ -13,9 +13,10 @@ The hot path is :func:`lora_linear`, a custom autograd function that
   (kept transposed, ``(r, tokens)``) for backward: no dropped copy of ``x`` and no dropout mask; the mask is
   regenerated in backward from a seed drawn from torch's default generator in forward, so runs
   stay reproducible under ``torch.manual_seed``. The mask is a counter-based hash of the element
-  index keyed by that seed (cheap enough to compute twice, and the same on every device), cut into
-  16-bit uniforms, so the dropout probability is used rounded to a multiple of 1/65536
-  (0.1 -> 0.1000061);
+  index keyed by that seed (cheap enough to compute twice; what ``torch.compile`` traces and fuses),
+  cut into 16-bit uniforms, so the dropout probability is used rounded to a multiple of 1/65536
+  (0.1 -> 0.1000061). Eager code on a GPU draws the mask from torch's Philox generator seeded the same
+  way instead (one launch instead of about fifteen), so eager-GPU masks differ from CPU and compiled ones;
 * accumulates the update into the base output in place (``addmm_``) instead of allocating
   output-sized temporaries for the scaling and the sum;
 * never computes a gradient for a frozen (``requires_grad=False``) weight or bias.
@@ -23,6 +24,7 @@ The hot path is :func:`lora_linear`, a custom autograd function that
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -86,20 +88,43 @@ def _random_int16(n: int, seed: int | Tensor, device: torch.device) -> Tensor:
     return words.view(torch.int16)[:n]
 
 
-def _keep_float(like: Tensor, p: float, seed: int | Tensor) -> Tensor:
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # torch < 2.3
+
+
+def use_philox_mask(like: Tensor) -> bool:
+    """Whether the dropout mask for ``like`` is drawn from Philox (:func:`_keep_float`): eager code on a GPU,
+    outside CUDA-graph capture. The forward decides once and its backward follows that decision, so the two
+    always draw the same mask (compiled autograd can trace a backward whose forward ran eagerly)."""
+    return (like.device.type == "cuda" and not _is_compiling()
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def _philox_keep(like: Tensor, q: float, seed: int | Tensor) -> Tensor:
+    """0/1 of ``like``'s shape and dtype, 1 with probability ``q``: one ``bernoulli_`` seeded with ``seed``."""
+    generator = torch.Generator(like.device)
+    generator.manual_seed(int(seed))
+    return torch.empty_like(like).bernoulli_(q, generator=generator)
+
+
+@functools.cache
+def _outside_graph(fn):
+    """``fn`` behind ``torch.compiler.disable`` (a generator cannot be traced), wrapped on first use: importing
+    the compiler stack costs about a second, which ``import lorakit`` should not pay."""
+    return torch.compiler.disable(fn)
+
+
+def _keep_float(like: Tensor, p: float, seed: int | Tensor, philox: bool | None = None) -> Tensor:
     """A 0/1 mask of ``like``'s shape and dtype, 1 with probability 1 - quantized_dropout_p(p), from ``seed``.
 
-    On the CPU, and wherever ``torch.compile`` traces the function, the int16 uniforms of
-    :func:`_random_int16` are compared with a threshold in float arithmetic, ``clamp(u - t + 1, 0, 1)``,
-    because CPU kernels on bool tensors (``where``, bool -> float) are not vectorised; the compiler
-    fuses that chain into one kernel. In eager mode on a GPU the chain would be about fifteen kernel
-    launches, so the mask is one ``bernoulli_`` from torch's counter-based Philox generator seeded
-    with ``seed`` instead: as reproducible from the seed, but not the same bits as on the CPU.
+    The int16 uniforms of :func:`_random_int16` are compared with a threshold in float arithmetic,
+    ``clamp(u - t + 1, 0, 1)``, because CPU kernels on bool tensors (``where``, bool -> float) are not
+    vectorised; ``torch.compile`` fuses that chain into one kernel. In eager mode on a GPU the chain would
+    be about fifteen kernel launches, so there (``philox``, default :func:`use_philox_mask`) the mask is
+    one ``bernoulli_`` from torch's counter-based Philox generator seeded with ``seed`` instead: as
+    reproducible from the seed, but not the same bits as on the CPU or under ``torch.compile``.
     """
-    if like.device.type == "cuda" and not torch.compiler.is_compiling():
-        generator = torch.Generator(like.device)
-        generator.manual_seed(int(seed))
-        return torch.empty_like(like).bernoulli_(1.0 - quantized_dropout_p(p), generator=generator)
+    if use_philox_mask(like) if philox is None else philox:
+        return _outside_graph(_philox_keep)(like, 1.0 - quantized_dropout_p(p), seed)
     u = _random_int16(like.numel(), seed, like.device).view(like.shape).to(torch.float32)  # exact in float32
     keep = u.sub_(round(p * _INT16_SPAN) - 32768 - 1).clamp_(0, 1)  # 1 iff u >= threshold
     return keep if like.dtype == torch.float32 else keep.to(like.dtype)
@@ -120,8 +145,9 @@ class _LoraLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p, seed):
         x2 = _flat(x)
+        ctx.philox = dropout_p > 0.0 and use_philox_mask(x2)  # backward draws its mask the same way
         if dropout_p > 0.0:
-            x_a_t = lora_a @ _keep_float(x2, dropout_p, seed).mul_(x2).t()  # (r, tokens)
+            x_a_t = lora_a @ _keep_float(x2, dropout_p, seed, ctx.philox).mul_(x2).t()  # (r, tokens)
             scaling = scaling / (1.0 - quantized_dropout_p(dropout_p))
         else:
             # kept as (r, tokens): the products below then read a contiguous x_a^T (about 1% of the
@@ -149,13 +175,14 @@ class _LoraLinearFn(torch.autograd.Function):
         # s * (m1 @ m2) as one addmm with beta=0 (its input is then ignored, NaN included): a GEMM with
         # alpha = s instead of a GEMM and a separate scaling kernel, which counts on a GPU, where these
         # small products are bound by kernel launches
-        unused = g.new_empty(())
+        # under torch.compile a zero (folded away by inductor): a max-autotune addmm template multiplies it by 0
+        unused = g.new_zeros(()) if _is_compiling() else g.new_empty(())
         if need_bb:
             # (x_a^T g)^T: MKL is several times slower on g.t() @ x_a (big operand transposed)
             grad_b = torch.addmm(unused, x_a_t, g, beta=0, alpha=s).t()  # (out, r)
         if need_a or need_x:
             g_a = torch.addmm(unused, lora_b.t(), g.t(), beta=0, alpha=s).t()  # (tokens, r); faster than g @ B
-        keep = _keep_float(x2, p, ctx.seed) if p > 0.0 and (need_a or need_x) else None
+        keep = _keep_float(x2, p, ctx.seed, ctx.philox) if p > 0.0 and (need_a or need_x) else None
         if need_a:
             grad_a = g_a.t() @ (x2 * keep if keep is not None else x2)  # (r, in)
         if need_x:

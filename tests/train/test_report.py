@@ -84,6 +84,18 @@ def test_a_learning_rate_sweep_gives_one_row_per_rate_of_the_swept_method(tmp_pa
     assert summary.cells[("LoRA (r=4), lr 0.002", "rte")].median == pytest.approx(60.5)
 
 
+def test_rates_tuned_per_task_keep_one_row_and_a_missing_rate_is_named(tmp_path: Path) -> None:
+    _fake_run(tmp_path, "rte", "rte", "lora", 0, 0.70, lr=5e-4)
+    _fake_run(tmp_path, "mrpc", "mrpc", "lora", 0, 0.80, lr=1e-3)  # one rate per task: not a sweep
+    assert summarise(collect_runs([tmp_path], warn=lambda _m: None)).methods == ["LoRA (r=4)"]
+    unknown = _fake_run(tmp_path, "mrpc_b", "mrpc", "lora", 1, 0.81)
+    cfg = json.loads((unknown / "config.json").read_text())
+    del cfg["optimizer"]
+    (unknown / "config.json").write_text(json.dumps(cfg))
+    methods = summarise(collect_runs([tmp_path], warn=lambda _m: None)).methods
+    assert sorted(methods) == ["LoRA (r=4), lr 0.0005", "LoRA (r=4), lr 0.001", "LoRA (r=4), lr ?"]
+
+
 def test_head_and_adapter_parameters_are_told_apart_from_checkpoint_names(runs_root: Path) -> None:
     runs = {r.workdir.name: r for r in collect_runs([runs_root], warn=lambda _m: None)}
     lora, full = runs["rte_lora_s0"], runs["rte_full_s0"]

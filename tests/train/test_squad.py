@@ -251,3 +251,5 @@ def test_windows_keep_question_and_specials_and_share_stride_context_tokens(n_co
     for a, b in zip(pieces, pieces[1:], strict=False):
         assert len(a) == 8 and a[-3:] == b[:3]  # full windows before the last; 3 shared tokens
     assert len(windows) == max(1, -(-(n_context - 3) // 5))  # ceil((n - stride) / (room - stride))
+    with pytest.raises(ValueError, match="8 context tokens per window, not more than stride=8"):
+        _windows(ids, types, offsets, sequence_ids, max_length=14, stride=8)

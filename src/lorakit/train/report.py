@@ -184,14 +184,17 @@ def collect_runs(paths: Sequence[str | Path], warn=lambda msg: print(msg, file=s
 
 
 def _label_learning_rates(runs: list[RunRecord]) -> list[RunRecord]:
-    """Runs of one method at several learning rates (a sweep) become one method row per rate:
-    ``LoRA (r=8), lr 0.0005``. A method run at one rate keeps its plain label."""
-    rates: dict[str, set] = {}
+    """A method swept over learning rates (some task run at several) becomes one method row per rate:
+    ``LoRA (r=8), lr 0.0005``. A method with one rate per task (tuned per task, or not at all) keeps its
+    plain label; a run whose config names no rate is labelled ``lr ?``."""
+    rates: dict[tuple[str, str], set] = {}
     for r in runs:
-        rates.setdefault(r.method, set()).add(r.extra.get("lr"))
+        rates.setdefault((r.method, r.task), set()).add(r.extra.get("lr"))
+    swept = {method for (method, _task), seen in rates.items() if len(seen) > 1}
     for r in runs:
-        if len(rates[r.method]) > 1:
-            r.method = f"{r.method}, lr {r.extra.get('lr'):g}"
+        if r.method in swept:
+            lr = r.extra.get("lr")
+            r.method = f"{r.method}, lr {'?' if lr is None else format(lr, 'g')}"
     return runs
 
 

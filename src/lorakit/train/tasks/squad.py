@@ -60,6 +60,9 @@ def _windows(ids: list[int], types: list[int], offsets: list, sequence_ids: list
     context = [t for t, s in enumerate(sequence_ids) if s == 1]
     first, stop = (context[0], context[-1] + 1) if context else (len(ids), len(ids))
     room = max_length - (len(ids) - (stop - first))  # context tokens per window
+    if context and room <= stride:
+        raise ValueError(f"max_length={max_length} leaves {room} context tokens per window, not more than "
+                         f"stride={stride}: the windows would not advance")
     outside = (-1, -1)
     windows, start = [], first
     while True:
