@@ -109,18 +109,19 @@ CPU time; absolute times are from that single call, not the medians above).
 * **Mixed batch, 8 x 128.** The base forward (640-680 ms) is the tied LM head's `mm` (358 ms, about 55 %),
   the 24 `Conv1D` `addmm`s (202 ms, 31 %) and GELU / attention / layer norm. LoRA's FLOPs are about 1 % of
   that. lorakit adds two ops per adapted module: a `bmm` for x A^T (A kept as (R, in) and passed transposed,
-  which MKL runs about twice as fast as an (in, R) copy; 5.9 ms over 24 calls) and a `baddbmm_` that adds
-  (x A^T)(scaling B^T) into the fresh base output in place (5.9 ms; an out-of-place `baddbmm` wrote another
+  which MKL runs about twice as fast as an (in, R) copy; 5.9 ms over 24 calls) and a `baddbmm_` that adds (x
+  A^T)(scaling B^T) into the fresh base output in place (5.9 ms; an out-of-place `baddbmm` wrote another
   (rows, seq, out) tensor, 9.6 ms in the previous profile). Entering `adapter_batch` no longer stacks
   anything: each module keeps an adapter bank (all its adapters' A and scaling * B^T) between entries, so an
-  entry is Python work (bank keys, one row index per set of modules, views into the banks when the rows use
-  consecutive slots), about 2.4 ms against 9.2 ms of per-slot writes before; after a hot-swap the next entry
-  rewrites only the swapped adapter's slots (about 4 ms). PEFT runs 384 small `mm`s (A and B per adapter
-  per module), 384 `index` (10.8 ms), 192 `index_put_` (5.0 ms), 192 `add_` and 192 more `mul`s; it costs
-  about 1.08x the base model here. lorakit cannot be faster than the base model, so lorakit / PEFT is bounded
-  by base / PEFT (0.92 above): the 0.90 target is out of reach at this shape on an idle machine for any
-  implementation that runs the base forward. What remains of lorakit's overhead (about 2 % of the base
-  forward) is the two ops per module above; with `adapter_batch` held open (diagnostic row) it is the same.
+  entry is Python work (one walk over the modules, bank keys, row plans kept in the bank per row list and
+  reused while the adapters are unchanged), about 0.9 ms (2.4 ms before the plans were kept, 9.2 ms with
+  per-slot writes); after a hot-swap the next entry rewrites only the swapped adapter's slots (about 2.6
+  ms). PEFT runs 384 small `mm`s (A and B per adapter per module), 384 `index` (10.8 ms), 192 `index_put_`
+  (5.0 ms), 192 `add_` and 192 more `mul`s; it costs about 1.08x the base model here. lorakit cannot be
+  faster than the base model, so lorakit / PEFT is bounded by base / PEFT (0.92 above): the 0.90 target is
+  out of reach at this shape on an idle machine for any implementation that runs the base forward. What
+  remains of lorakit's overhead (about 2 % of the base forward) is the two ops per module above; with
+  `adapter_batch` held open (diagnostic row) it is the same.
 * **Under contention the comparison changes completely.** In three runs made while another process kept
   one of the two cores busy (2026-11-23, not recorded above), every forward took about 3.5x longer and PEFT's
   mixed batch took 5.4-6.5x the base model's time against 1.17-1.18x for lorakit (lorakit / PEFT
