@@ -143,6 +143,18 @@ def test_gradcheck_custom_function_against_plain_formula(p, bias, device):
         torch.testing.assert_close(g1, g2)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_inference_without_the_autograd_function_gives_the_same_output(bias, device):
+    x, w, b, a, bb = (t.detach() for t in _fn_inputs(dtype=torch.float32, bias=True, device=device))
+    b = b if bias else None
+    with_grad = LF.lora_linear(x, w, b, a, bb, 1.7, dropout_p=0.3, training=False)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(LF.lora_linear(x, w, b, a, bb, 1.7, dropout_p=0.3, training=False),
+                                       with_grad, rtol=0, atol=0)
+    torch.testing.assert_close(with_grad, LF.lora_linear_reference(x, w, b, a, bb, 1.7))
+
+
 def test_dropout_is_applied_only_in_training_and_reproducible_from_the_seed():
     layer = lorakit.Linear(64, 64, r=8, lora_alpha=16, lora_dropout=0.5)
     nn.init.normal_(layer.lora_B)

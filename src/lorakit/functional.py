@@ -135,6 +135,14 @@ def _dropout_mask(like: Tensor, p: float, seed: int | Tensor) -> Tensor:
     return _keep_float(like, p, seed) / (1.0 - quantized_dropout_p(p))
 
 
+def _base_plus_update(x2: Tensor, weight: Tensor, bias: Tensor | None, x_a_t: Tensor, lora_b: Tensor,
+                      scaling: float) -> Tensor:
+    """(tokens, out) = x2 W^T + b + scaling * x_a B^T, the update accumulated in place (no output-sized
+    temporaries). x2 (tokens, in); x_a_t (r, tokens)."""
+    out = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+    return out.addmm_(x_a_t.t(), lora_b.t(), alpha=scaling)
+
+
 class _LoraLinearFn(torch.autograd.Function):
     """y = x W^T + b + s * (drop(x) A^T) B^T, saving x and keep(x) A^T only.
 
@@ -153,11 +161,7 @@ class _LoraLinearFn(torch.autograd.Function):
             # kept as (r, tokens): the products below then read a contiguous x_a^T (about 1% of the
             # layer's forward + backward faster with MKL than x_a (tokens, r) and its transpose)
             x_a_t = lora_a @ x2.t()
-        if bias is not None:
-            out = torch.addmm(bias, x2, weight.t())
-        else:
-            out = x2 @ weight.t()
-        out.addmm_(x_a_t.t(), lora_b.t(), alpha=scaling)
+        out = _base_plus_update(x2, weight, bias, x_a_t, lora_b, scaling)
         ctx.save_for_backward(x, weight, lora_a, lora_b, x_a_t)
         ctx.scaling, ctx.dropout_p, ctx.seed = scaling, dropout_p, seed
         ctx.has_bias = bias is not None
@@ -230,6 +234,10 @@ def lora_linear(
         bias = bias.to(dtype) if bias is not None else None
         with torch.autocast(device_type, enabled=False):
             return lora_linear(x, weight, bias, lora_a, lora_b, scaling, p, training)
+    if p == 0.0 and not torch.is_grad_enabled():  # inference: the same ops without the autograd Function
+        x2 = _flat(x)
+        out = _base_plus_update(x2, weight, bias, lora_a @ x2.t(), lora_b, float(scaling))
+        return out.view(*x.shape[:-1], out.shape[-1])
     # a 0-dim tensor, not a Python int: no .item(), so torch.compile traces dropout without a graph break
     seed = torch.randint(0, 2**62, ()) if p > 0.0 else 0
     return _LoraLinearFn.apply(x, weight, bias, lora_a, lora_b, float(scaling), p, seed)
