@@ -255,7 +255,7 @@ class LoraModule(MergeableWeight, nn.Module):
     fan_out: int
 
     def _pretrained_weight(self) -> Tensor:
-        return self.base_layer.weight
+        return self._modules["base_layer"].weight  # _modules: see _adapter_tensors
 
     def _matrix_to_weight(self, delta: Tensor) -> Tensor:
         """(fan_out, fan_in) update -> the stored weight's layout."""
@@ -356,12 +356,22 @@ class LoraModule(MergeableWeight, nn.Module):
         if self.merged:
             self.merge()
 
+    def _adapter_tensors(self, name: str) -> tuple[Tensor, Tensor]:
+        """(A, dense B) of adapter ``name``, read from the ``ParameterDict``s' own ``_parameters`` (as
+        :func:`_bank_key` does): on the forward hot path, ``lora_A[name]`` (``Module.__getattr__``, then
+        ``ParameterDict.__getitem__`` and a second ``getattr``) costs about as much as a small tensor op."""
+        modules = self._modules
+        return modules["lora_A"]._parameters[name], self._dense_b(modules["lora_B"]._parameters[name], name)
+
+    def _dense_b(self, b: Tensor, name: str) -> Tensor:
+        slices = self.slices[name]
+        if slices is None:
+            return b
+        return LF.group_block_b(b, getattr(self, f"slice_mask_{name}"), sum(slices))
+
     def dense_b(self, name: str) -> Tensor:
         """B as one (fan_out, rank) matrix: block-diagonal over enabled slices for a sliced adapter."""
-        b = self.lora_B[name]
-        if self.slices[name] is None:
-            return b
-        return LF.group_block_b(b, getattr(self, f"slice_mask_{name}"), sum(self.slices[name]))
+        return self._dense_b(self.lora_B[name], name)
 
     def lora_matrix(self, name: str) -> Tensor:
         """scaling * B A for adapter ``name``: (fan_out, fan_in)."""
@@ -467,18 +477,20 @@ class LoraLinear(LoraModule):
 
     def _forward_unmerged(self, x: Tensor) -> Tensor:
         first, *rest = self.active_adapters
-        if first in self.lora_magnitude_vector:
+        dora = self._modules["lora_magnitude_vector"]._parameters
+        if first in dora:
             out = self._forward_dora(x, first)
         else:
             out = LF.lora_linear(
-                x, self._as_out_in(self._pretrained_weight()), self.base_layer.bias, self.lora_A[first],
-                self.dense_b(first), self.scaling[first], self.dropout_p[first], self.training,
+                x, self._as_out_in(self._pretrained_weight()), self._modules["base_layer"].bias,
+                *self._adapter_tensors(first), self.scaling[first], self.dropout_p[first], self.training,
             )
         for name in rest:
-            if name in self.lora_magnitude_vector:
+            if name in dora:
                 raise ValueError("a DoRA adapter can only be active alone or first among the active adapters")
             x_in = F.dropout(x, self.dropout_p[name], self.training)
-            out = out + (x_in @ self.lora_A[name].t() @ self.dense_b(name).t()) * self.scaling[name]
+            lora_a, lora_b = self._adapter_tensors(name)
+            out = out + (x_in @ lora_a.t() @ lora_b.t()) * self.scaling[name]
         return out
 
     def _forward_dora(self, x: Tensor, name: str) -> Tensor:
@@ -494,11 +506,11 @@ class LoraLinear(LoraModule):
         weight = self._as_out_in(self._pretrained_weight())
         with torch.no_grad():
             norm = self.dora_row_norm(name)
-        scale = self.lora_magnitude_vector[name] / norm  # (out,)
+        scale = self._modules["lora_magnitude_vector"]._parameters[name] / norm  # (out,)
         p = self.dropout_p[name] if self.training else 0.0
         dropped = F.dropout(x, p, True) if p > 0.0 else x
-        out = LF.lora_linear(dropped, weight, None, self.lora_A[name], self.dense_b(name), self.scaling[name])
-        bias = self.base_layer.bias
+        out = LF.lora_linear(dropped, weight, None, *self._adapter_tensors(name), self.scaling[name])
+        bias = self._modules["base_layer"].bias
         if p > 0.0:
             return torch.addcmul(F.linear(x - dropped, weight, bias), out, scale)
         return torch.addcmul(bias, out, scale) if bias is not None else out * scale  # one pass over out
