@@ -88,14 +88,11 @@ def _random_int16(n: int, seed: int | Tensor, device: torch.device) -> Tensor:
     return words.view(torch.int16)[:n]
 
 
-_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # torch < 2.3
-
-
 def use_philox_mask(like: Tensor) -> bool:
     """Whether the dropout mask for ``like`` is drawn from Philox (:func:`_keep_float`): eager code on a GPU,
     outside CUDA-graph capture. The forward decides once and its backward follows that decision, so the two
     always draw the same mask (compiled autograd can trace a backward whose forward ran eagerly)."""
-    return (like.device.type == "cuda" and not _is_compiling()
+    return (like.device.type == "cuda" and not torch.compiler.is_compiling()
             and not torch.cuda.is_current_stream_capturing())
 
 
@@ -180,7 +177,7 @@ class _LoraLinearFn(torch.autograd.Function):
         # alpha = s instead of a GEMM and a separate scaling kernel, which counts on a GPU, where these
         # small products are bound by kernel launches
         # under torch.compile a zero (folded away by inductor): a max-autotune addmm template multiplies it by 0
-        unused = g.new_zeros(()) if _is_compiling() else g.new_empty(())
+        unused = g.new_zeros(()) if torch.compiler.is_compiling() else g.new_empty(())
         if need_bb:
             # (x_a^T g)^T: MKL is several times slower on g.t() @ x_a (big operand transposed)
             grad_b = torch.addmm(unused, x_a_t, g, beta=0, alpha=s).t()  # (out, r)
