@@ -175,8 +175,8 @@ class _LoraLinearFn(torch.autograd.Function):
 
         # s * (m1 @ m2) as one addmm with beta=0 (its input is then ignored, NaN included): a GEMM with
         # alpha = s instead of a GEMM and a separate scaling kernel, which counts on a GPU, where these
-        # small products are bound by kernel launches
-        # under torch.compile a zero (folded away by inductor): a max-autotune addmm template multiplies it by 0
+        # small products are bound by kernel launches. Under torch.compile the input is a real zero (folded
+        # away by inductor), because a max-autotune addmm template computes input * beta.
         unused = g.new_zeros(()) if torch.compiler.is_compiling() else g.new_empty(())
         if need_bb:
             # (x_a^T g)^T: MKL is several times slower on g.t() @ x_a (big operand transposed)
