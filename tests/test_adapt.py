@@ -163,6 +163,24 @@ def test_sliced_adapter_is_created_on_the_models_device(tiny_gpt2, device, on_me
                                        rtol=1e-4, atol=1e-4)
 
 
+def test_sliced_adapter_injected_on_meta_works_after_an_assign_load_and_to_empty():
+    """Large-model workflow: build and inject on the meta device, then load real weights. The slice
+    mask is derived from ``enable_lora`` where it is used, so it is right whatever the loading did."""
+    cfg = lorakit.LoraConfig(r=2, lora_alpha=4, target_modules=["0"], enable_lora={"0": [True, False, True]})
+    reference = lorakit.inject(nn.Sequential(nn.Linear(8, 12)), cfg)
+    randomize_lora(reference)
+    x = torch.randn(3, 8)
+    for load in ("assign", "to_empty"):
+        with torch.device("meta"):
+            model = lorakit.inject(nn.Sequential(nn.Linear(8, 12)), cfg)
+        if load == "assign":
+            model.load_state_dict(reference.state_dict(), assign=True)
+        else:
+            model.to_empty(device="cpu").load_state_dict(reference.state_dict())
+        torch.testing.assert_close(model(x), reference(x))
+        assert torch.count_nonzero(model[0].delta_weight()[4:8]) == 0  # the middle slice is not adapted
+
+
 def test_trainable_parameters_summary(tiny_bert, capsys):
     cfg = lorakit.LoraConfig(r=4, target_modules=["query", "value"], modules_to_save=["classifier"])
     lorakit.inject(tiny_bert, cfg)

@@ -244,6 +244,9 @@ class LoraModule(MergeableWeight, nn.Module):
         self.dropout_p: dict[str, float] = {}
         self.rank: dict[str, int] = {}
         self.slices: dict[str, list[bool] | None] = {}
+        # {(adapter, device): (fan_out,) bool row mask of a sliced adapter}, derived from ``slices`` on first use
+        # per device: not a buffer, so it needs no moving and is right after meta init, to_empty or assign loads
+        self._slice_masks: dict[tuple[str, torch.device], Tensor] = {}
         self.active_adapters: list[str] = []
         self.row_plan: RowPlan | None = None  # set by adapter_batch()
         self._adapter_bank: AdapterBank | None = None  # mixed-batch stacks, reused across adapter_batch entries
@@ -315,10 +318,7 @@ class LoraModule(MergeableWeight, nn.Module):
         self.scaling[name] = scaling
         self.dropout_p[name] = float(dropout)
         self.slices[name] = list(slices) if slices else None
-        if slices:
-            mask = torch.zeros(len(slices), self.fan_out // len(slices), dtype=torch.bool, device=weight.device)
-            mask[torch.tensor(slices, device=weight.device)] = True
-            self.register_buffer(f"slice_mask_{name}", mask.view(-1), persistent=False)
+        self._forget_slice_masks(name)
         if use_dora:
             with torch.no_grad():
                 norm = self.dora_row_norm(name)
@@ -348,7 +348,8 @@ class LoraModule(MergeableWeight, nn.Module):
                 del table[name]
         for table in (self.scaling, self.dropout_p, self.rank, self.slices):
             table.pop(name, None)
-        for buffer in (f"slice_mask_{name}", f"pissa_init_A_{name}", f"pissa_init_B_{name}"):
+        self._forget_slice_masks(name)
+        for buffer in (f"pissa_init_A_{name}", f"pissa_init_B_{name}"):
             self._buffers.pop(buffer, None)
         self._adapter_bank = None
         if name in self.active_adapters:
@@ -367,7 +368,20 @@ class LoraModule(MergeableWeight, nn.Module):
         slices = self.slices[name]
         if slices is None:
             return b
-        return LF.group_block_b(b, getattr(self, f"slice_mask_{name}"), sum(slices))
+        return LF.group_block_b(b, self._slice_mask(name, b.device), sum(slices))
+
+    def _slice_mask(self, name: str, device: torch.device) -> Tensor:
+        """(fan_out,) bool: the output rows that sliced adapter ``name`` updates, on ``device``."""
+        mask = self._slice_masks.get((name, device))
+        if mask is None:
+            slices = self.slices[name]
+            rows = torch.tensor(slices, dtype=torch.bool).repeat_interleave(self.fan_out // len(slices))
+            mask = self._slice_masks[(name, device)] = rows.to(device)
+        return mask
+
+    def _forget_slice_masks(self, name: str) -> None:
+        for key in [k for k in self._slice_masks if k[0] == name]:
+            del self._slice_masks[key]
 
     def dense_b(self, name: str) -> Tensor:
         """B as one (fan_out, rank) matrix: block-diagonal over enabled slices for a sliced adapter."""
