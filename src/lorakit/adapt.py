@@ -374,9 +374,7 @@ class LoraModule(MergeableWeight, nn.Module):
         """(fan_out,) bool: the output rows that sliced adapter ``name`` updates, on ``device``."""
         mask = self._slice_masks.get((name, device))
         if mask is None:
-            slices = self.slices[name]
-            rows = torch.tensor(slices, dtype=torch.bool).repeat_interleave(self.fan_out // len(slices))
-            mask = self._slice_masks[(name, device)] = rows.to(device)
+            mask = self._slice_masks[(name, device)] = LF.slice_row_mask(self.slices[name], self.fan_out, device)
         return mask
 
     def _forget_slice_masks(self, name: str) -> None:

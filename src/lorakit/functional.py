@@ -257,6 +257,13 @@ def lora_scaling(lora_alpha: float, r: int, use_rslora: bool = False) -> float:
     return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
 
 
+def slice_row_mask(enabled: list[bool], out_features: int, device: torch.device | str | None = None) -> Tensor:
+    """(out_features,) bool, True on the rows of the enabled equal slices of a fused projection (loralib's
+    ``enable_lora``, e.g. [True, False, True] for q, k, v): the ``row_mask`` of :func:`group_block_b`."""
+    rows = torch.tensor(enabled, dtype=torch.bool).repeat_interleave(out_features // len(enabled))
+    return rows if device is None else rows.to(device)
+
+
 def group_block_b(lora_b: Tensor, row_mask: Tensor, groups: int) -> Tensor:
     """Expand a fused-projection B into one dense (out_features, groups * r) matrix.
 

@@ -251,11 +251,9 @@ class MergedLinear(Linear):
         self.enable_lora = enable_lora
         n_enabled, out_per_slice = sum(enable_lora), out_features // len(enable_lora)
         self._init_lora(fan_in_fan_out, n_blocks=n_enabled, lora_out_features=out_per_slice * n_enabled)
-        if self.has_lora:
-            device = self.weight.device  # nn.Linear's device= keyword
-            row_mask = torch.zeros(len(enable_lora), out_per_slice, dtype=torch.bool, device=device)
-            row_mask[torch.tensor(enable_lora, device=device)] = True
-            self.register_buffer("lora_ind", row_mask.view(-1), persistent=False)
+        if self.has_lora:  # on nn.Linear's device= keyword's device
+            self.register_buffer("lora_ind", LF.slice_row_mask(enable_lora, out_features, self.weight.device),
+                                 persistent=False)
 
     def _lora_b(self) -> Tensor:
         return LF.group_block_b(self.lora_B, self.lora_ind, sum(self.enable_lora))
