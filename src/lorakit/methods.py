@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .hf_compat import cache_argument, cache_in, pop_cache
+
 __all__ = [
     "METHODS", "MethodConfig", "MethodError", "apply_method", "WRAPPERS", "BottleneckAdapter",
     "PrefixAttention", "PrefixEmbedding", "drop_reparameterization", "count_parameters",
@@ -186,12 +188,13 @@ class PrefixAttention(nn.Module):
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
         if args:
-            raise MethodError("prefix_layer: the wrapped attention must receive attention_mask and "
-                              "past_key_values as keyword arguments (as BERT and GPT-2 blocks pass them)")
-        inner = kwargs.pop("past_key_values", None)
-        cache = _PrefixCache(self.key_value(), inner)
+            raise MethodError("prefix_layer: the wrapped attention must receive attention_mask and its KV cache "
+                              "as keyword arguments (as BERT and GPT-2 blocks pass them)")
+        # the block's own cache (either name, see hf_compat) goes inside ours, which the attention must receive
+        cache = _PrefixCache(self.key_value(), pop_cache(kwargs))
         kwargs["attention_mask"] = self._extend_mask(kwargs.get("attention_mask"), hidden_states, cache)
-        return self.base_layer(hidden_states, past_key_values=cache, **kwargs)
+        kwargs[cache_argument(self.base_layer)] = cache
+        return self.base_layer(hidden_states, **kwargs)
 
     def _extend_mask(self, mask: Tensor | None, hidden_states: Tensor, cache: _PrefixCache) -> Tensor | None:
         """(b, 1, q, k) mask -> (b, 1, q, l + k) with the prefix columns visible; bool or additive float."""
@@ -259,12 +262,12 @@ class PrefixEmbedding(nn.Module):
                 token_type_ids: Tensor | None = None, inputs_embeds: Tensor | None = None, **kwargs: Any) -> Any:
         """Insert the special tokens, run the base model, cut its outputs back to the input positions.
 
-        Incremental decoding (a non-empty ``past_key_values``, e.g. beam search with a KV cache): the
+        Incremental decoding (a non-empty KV cache, e.g. beam search with a KV cache): the
         cache already holds the prefix and infix, so the new tokens only get their positions shifted and
         ``attention_mask`` (b, cached original tokens + new) the special columns added back: the prefix
         in front and the infix after the prompt (``prompt_length``, remembered from the first pass)."""
         lp, li = self.prefix_length, self.infix_length
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         if cache is not None and _cache_length(cache) > 0:
             return self._incremental(input_ids, attention_mask, inputs_embeds, **kwargs)
         if inputs_embeds is None:
@@ -304,7 +307,7 @@ class PrefixEmbedding(nn.Module):
         lp, li = self.prefix_length, self.infix_length
         n = getattr(self, "prompt_length", None)
         if n is None:
-            raise MethodError("prefix_embed: incremental decoding needs a first pass without past_key_values")
+            raise MethodError("prefix_embed: incremental decoding needs a first pass without a KV cache")
         if attention_mask is not None:  # (b, n + generated) -> (b, lp + n + li + generated)
             ones = attention_mask.new_ones
             b = attention_mask.shape[0]

@@ -1,8 +1,9 @@
 """Decoding for causal language models: batched beam search, greedy decoding and sampling, with a KV cache.
 
 Works with Hugging Face GPT-2 and any causal LM whose ``forward`` takes ``input_ids``, ``attention_mask``,
-``past_key_values`` and ``use_cache`` (``position_ids`` and ``logits_to_keep`` are passed when the signature
-names them) and returns ``.logits`` (batch, seq, vocab) and ``.past_key_values``.
+its KV cache (``cache``, or ``past_key_values`` before transformers 5.25: see ``lorakit.hf_compat``) and
+``use_cache`` (``position_ids`` and ``logits_to_keep`` are passed when the signature names them) and returns
+``.logits`` (batch, seq, vocab) and the cache.
 
 Conventions (the same as Hugging Face ``generate(..., early_stopping="never")``, so results can be checked
 against it):
@@ -46,6 +47,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..hf_compat import cache_argument, output_cache
 
 __all__ = ["GenerationConfig", "generate", "STRATEGIES"]
 
@@ -280,6 +283,7 @@ class _Runner:
         params = inspect.signature(model.forward).parameters
         self.pass_positions = "position_ids" in params
         self.pass_keep = "logits_to_keep" in params
+        self.cache_argument = cache_argument(model)
 
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens, mask: (rows, seq) -> next-token logits (rows, vocab) of the last position.
@@ -291,13 +295,13 @@ class _Runner:
             inputs, positions = tokens[:, -1:], mask.sum(1, keepdim=True) - 1
         kwargs: dict[str, Any] = {"input_ids": inputs, "attention_mask": mask, "use_cache": self.use_cache}
         if self.use_cache:
-            kwargs["past_key_values"] = self.past
+            kwargs[self.cache_argument] = self.past
         if self.pass_positions:
             kwargs["position_ids"] = positions
         if self.pass_keep:
             kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs)
-        self.past = getattr(out, "past_key_values", None) if self.use_cache else None
+        self.past = output_cache(out) if self.use_cache else None
         logits = out.logits[:, -1, :]
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
