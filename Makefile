@@ -39,6 +39,7 @@ define install_torch
 endef
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
+	$(PYTHON) scripts/lockfile.py validate $(LOCK) $(BENCH_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call install_uv_and_torch,$(VENV))
 	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt

@@ -5,6 +5,7 @@ dependencies, the ``dev`` extra and everything below it); ``requirements-bench.l
 ``make bench`` needs on top (the peers whose wheels are too large for every test run). Both are plain
 pip requirement files of ``name==version`` lines, so pip and ``uv pip`` read them alike.
 
+    python scripts/lockfile.py validate LOCK [LOCK ...]         every line is a name==version pin
     python scripts/lockfile.py freeze [--exclude LOCK] > FILE   pins of the running environment
     python scripts/lockfile.py check LOCK [--optional LOCK]     the environment equals the lock(s)
     python scripts/lockfile.py diff LOCK                        what the environment has that differs
@@ -145,6 +146,14 @@ def main(argv: list[str]) -> int:
     if command == "freeze":
         exclude = read_lock(Path(args[args.index("--exclude") + 1])) if "--exclude" in args else {}
         sys.stdout.write(freeze(exclude))
+        return 0
+    if command == "validate":
+        try:
+            for path in args:
+                read_lock(Path(path))
+        except (OSError, ValueError) as error:
+            print(f"lock check: {error}", file=sys.stderr)
+            return 1
         return 0
     if command == "check":
         optional = [Path(args.pop(args.index("--optional") + 1))] if "--optional" in args else []
