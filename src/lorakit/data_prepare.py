@@ -19,7 +19,7 @@ QQP from GLUE's ``QQP-clean.zip``, QNLI from ``QNLIv2.zip``; MRPC's train/dev sp
 E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.csv``; WebNLG
 ``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
 ``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``). The NLG folders are then read with
-:mod:`lorakit.train.tasks.nlg_data` (a file that does not parse stops the command); a DART folder given with
+:mod:`lorakit.data.nlg` (a file that does not parse stops the command); a DART folder given with
 ``--from`` may hold only some splits.
 """
 
@@ -58,7 +58,7 @@ class Source:
     extra: dict[str, str | None] = field(default_factory=dict)  # inputs of `build`, with their digests
     optional: tuple[str, ...] = ()  # files that may be missing (noted, not an error)
     partial: bool = False  # with --from: any file may be missing, as long as one is found
-    reader: str = ""  # NLG dataset name: check the prepared folder with lorakit.train.tasks.nlg_data
+    reader: str = ""  # NLG dataset name: check the prepared folder with lorakit.data.nlg
 
 
 _GLUE = "https://dl.fbaipublicfiles.com/glue/data/"
@@ -340,7 +340,7 @@ def _build_mrpc(train_txt: Path, dev_ids: Path, out: Path) -> None:
 def _check_readable(dataset: str, folder: Path, say) -> None:
     """Read every split of an NLG dataset found in ``folder`` with the project's reader; PrepareError if one
     does not parse."""
-    from lorakit.train.tasks.nlg_data import DataError, find_split_file, read_split
+    from lorakit.data.nlg import DataError, find_split_file, read_split
 
     for split in ("train", "dev", "test"):
         try:

@@ -3,10 +3,10 @@
     lorakit lm-eval --model NAME_OR_PATH [--adapter DIR] --text PATH --layout wikitext|enwik8|text8|text
                     [--split test] [--context 1024] [--stride 512] [--batch-size 8] [--mlm] [--out metrics.json]
 
-A causal LM is scored with strided windows (``lorakit.train.metrics.lm.sliding_window_nll``); with
+A causal LM is scored with strided windows (``lorakit.metrics.lm.sliding_window_nll``); with
 ``--mlm`` a masked LM gets its pseudo-perplexity (Salazar et al., 2020) instead, ``--context`` then being
 the window length including the special tokens. The corpus layouts and what ``bpc``/``bpb``/``word_ppl``
-divide by are described in ``lorakit.train.metrics.lm``. The command prints a small table and, with
+divide by are described in ``lorakit.metrics.lm``. The command prints a small table and, with
 ``--out``, writes the numbers as JSON (atomically). Bad input exits with status 2 and a message.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .train.metrics.lm import LAYOUTS, CorpusError, read_corpus
+from .metrics.lm import LAYOUTS, CorpusError, read_corpus
 
 __all__ = ["main", "evaluate_lm", "LMEvalError"]
 
@@ -87,7 +87,7 @@ def evaluate_lm(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation the parsed arguments describe; return the JSON record."""
     import torch
 
-    from .train.metrics.lm import (
+    from .metrics.lm import (
         lm_metrics,
         max_positions,
         pseudo_perplexity,

@@ -219,7 +219,7 @@ def _load_nlg(task: str, ref_path: Path, pred_path: Path) -> tuple[list[str], li
                 raise ScoreInputError(
                     f"references file {ref_path}: row {number} (MR {src!r}) has an empty reference"
                 )
-        from lorakit.train.metrics.nlg import group_references
+        from lorakit.metrics.nlg import group_references
 
         ref_sources, groups = group_references(sources, refs)
     else:
@@ -400,7 +400,7 @@ def _lines_keep_inner(text: str) -> list[str]:
 
 
 def _load_squad(task: str, ref_path: Path, pred_path: Path) -> tuple[Any, dict[str, str]]:
-    from lorakit.train.metrics.qa import squad_questions
+    from lorakit.metrics.qa import squad_questions
 
     dataset = _load_json(ref_path, "references")
     try:
@@ -462,14 +462,14 @@ def score_files(
     if key in NLG_TASKS:
         hyps, groups, unit = _load_nlg(key, ref_path, pred_path)
         empty = [i for i, h in enumerate(hyps, start=1) if not h]
-        from lorakit.train.metrics import nlg
+        from lorakit.metrics import nlg
 
         metrics = nlg.e2e_metrics(hyps, groups) if key == "e2e" else nlg.webnlg_metrics(hyps, groups)
         return ScoreResult(key, metrics, len(hyps), empty, unit)
 
     if key in GLUE_TASK_NAMES:
         preds, refs = _load_glue(key, ref_path, pred_path)
-        from lorakit.train.metrics.classification import glue_metrics
+        from lorakit.metrics.classification import glue_metrics
 
         empty = [i for i, p in enumerate(preds, start=1) if not p]
         result = ScoreResult(key, glue_metrics(key, preds, refs), len(refs), empty, "example")
@@ -481,7 +481,7 @@ def score_files(
             )
         return result
 
-    from lorakit.train.metrics.qa import squad_questions, squad_v1_scores, squad_v2_scores
+    from lorakit.metrics.qa import squad_questions, squad_v1_scores, squad_v2_scores
 
     dataset, answers = _load_squad(key, ref_path, pred_path)
     scores = squad_v1_scores(dataset, answers) if key == "squad" else squad_v2_scores(dataset, answers)

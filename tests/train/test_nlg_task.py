@@ -152,7 +152,7 @@ def test_e2e_lora_run_trains_generates_and_scores(tmp_path, tok, capsys):
     assert len(predictions) == 5 == len([g for g in references if g.strip()])
     metrics = json.loads((out / "metrics.test.json").read_text())
     assert metrics["split"] == "test" and set(metrics["metrics"]) == {"BLEU", "NIST"}
-    from lorakit.train.metrics.nlg import mteval_bleu_nist
+    from lorakit.metrics.nlg import mteval_bleu_nist
 
     groups = [g.strip().split("\n") for g in references if g.strip()]
     assert metrics["metrics"]["BLEU"] == pytest.approx(mteval_bleu_nist(predictions, groups)["BLEU"])

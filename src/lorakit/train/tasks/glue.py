@@ -23,11 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.data import DataError
+
 __all__ = ["DataError", "Example", "TaskSpec", "TASK_SPECS", "GlueTask"]
-
-
-class DataError(ValueError):
-    """Unusable input data; the message names the file (and line) and what to do."""
 
 
 @dataclass(frozen=True)
@@ -221,16 +219,16 @@ class GlueTask:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Metrics (small, dependency-free; the shared implementation lives in lorakit.train.metrics)
+# Metrics (small, dependency-free; the shared implementation lives in lorakit.metrics)
 # ------------------------------------------------------------------------------------------------------
 
 def _glue_metrics(task: str, preds: list, refs: list) -> dict[str, float]:
-    """GLUE's metric set under the names of ``lorakit.train.metrics`` (acc, f1, mcc, pearson, spearmanr).
+    """GLUE's metric set under the names of ``lorakit.metrics`` (acc, f1, mcc, pearson, spearmanr).
 
     Uses that package when it is installed; the small fallback below gives the same numbers.
     """
     try:
-        from lorakit.train.metrics import classification as cm
+        from lorakit.metrics import classification as cm
     except ImportError:
         cm = None
     if cm is not None:

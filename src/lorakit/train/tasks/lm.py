@@ -1,6 +1,6 @@
 """Causal language-model fine-tuning tasks on plain-text corpora: ``wikitext``, ``enwik8``, ``text8``, ``text``.
 
-The corpus layouts (files, standard splits, what is counted) are those of :mod:`lorakit.train.metrics.lm`.
+The corpus layouts (files, standard splits, what is counted) are those of :mod:`lorakit.metrics.lm`.
 The data folder (``data.dir``) holds the corpus; ``split`` is ``train``, ``valid`` (alias ``dev``, the
 loop's default eval split) or ``test``.
 
@@ -9,12 +9,12 @@ Items (``encode``):
 * training (``training=True``): the tokenized split cut into consecutive blocks of ``cfg.max_length``
   tokens (a last shorter block is kept if it has 2 tokens or more); every token after a block's first is a
   target.
-* evaluation: the windows of strided evaluation (:func:`~lorakit.train.metrics.lm.window_plan`) over the
+* evaluation: the windows of strided evaluation (:func:`~lorakit.metrics.lm.window_plan`) over the
   split with a BOS token in front (``add_bos``), ``context = cfg.max_length`` and ``stride`` (constructor
   option, else ``cfg.stride`` if the config has one, else ``max_length // 2``). Each item knows the number of
   tokens, characters, UTF-8 bytes (and WikiText words) its scored targets account for, so ``predict`` on
   every item followed by ``metrics`` gives exactly the corpus-level numbers of
-  :func:`~lorakit.train.metrics.lm.sliding_window_nll` on the same text.
+  :func:`~lorakit.metrics.lm.sliding_window_nll` on the same text.
 
 The model (``model_kind = "causal_lm"``) maps ``input_ids``, ``attention_mask`` ``(batch, seq)`` to
 ``.logits`` ``(batch, seq, vocab)``. All metrics are lower-is-better (``lower_is_better`` lists them all).
@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
+from lorakit.metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
+
 from .glue import DataError
 
 __all__ = ["LM_TASKS", "LMTask", "LMTaskSpec", "Segment", "get_lm_task"]
@@ -212,7 +213,7 @@ class LMTask:
 
     # -- metrics -----------------------------------------------------------------------------------
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any] | None = None) -> dict[str, float]:
-        """Corpus metrics (:func:`~lorakit.train.metrics.lm.lm_metrics`) of the summed item predictions.
+        """Corpus metrics (:func:`~lorakit.metrics.lm.lm_metrics`) of the summed item predictions.
 
         A prediction is a ``predict`` tuple, or a bare NLL sum whose counts are then read from the
         reference (a label tuple ``(n_tokens, n_chars, n_bytes, n_words)``, or a token count). Keys:

@@ -1,7 +1,7 @@
 """NLG tasks of the LoRA paper's GPT-2 table: E2E NLG, WebNLG 2017 and DART, as conditional generation.
 
 Every example is a ``context`` (an E2E meaning representation, or linearised triples) with its human
-references (:mod:`lorakit.train.tasks.nlg_data` reads the official files). The model is a causal LM
+references (:mod:`lorakit.data.nlg` reads the official files). The model is a causal LM
 (GPT-2): it reads the prompt ``data.prompt_template.format(context=...)`` and continues with the text.
 
 * Training items: one per (context, reference) pair, ``prompt + reference + EOS``; the loss is the
@@ -68,7 +68,7 @@ class NLGTask:
     # -- load / encode -------------------------------------------------------------------------------
     def load(self, split: str, data_dir: str | Path) -> list:
         """The split's examples, one per context, with all its references (``NLGExample``)."""
-        from .nlg_data import read_split
+        from lorakit.data.nlg import read_split
 
         return read_split(self.name, split, data_dir)
 
@@ -199,7 +199,7 @@ class NLGTask:
     def metrics(self, predictions: Sequence[str], references: Sequence[dict]) -> dict[str, float]:
         """The task's corpus metrics (names in ``self.metric_names``; E2E's BLEU is a fraction, the
         WebNLG/DART BLEU is sacrebleu's 0-100, METEOR and TER are fractions, as in the paper's tables)."""
-        from lorakit.train.metrics import nlg
+        from lorakit.metrics import nlg
 
         hyps = [str(p) for p in predictions]
         refs = [list(r["references"]) for r in references]
@@ -262,7 +262,7 @@ def _stop_sequences(tokenizer: Any, stops: Sequence[str]) -> list[list[int]]:
 
 
 def _fast_webnlg(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
-    from lorakit.train.metrics import nlg
+    from lorakit.metrics import nlg
 
     scores = nlg.sacrebleu_scores(hyps, refs)
     return {"BLEU": scores["BLEU"], "TER": scores["TER"] / 100.0}

@@ -19,7 +19,7 @@ question (v2), point both at the first token ([CLS]).
 Prediction: per window the best span with ``start <= end``, at most ``data.max_answer_length`` tokens, both
 ends inside the context, scored ``start_logit + end_logit``; per question the best-scoring window wins.
 v2.0 answers ``""`` (no answer) when the question's lowest [CLS] score (``start[0] + end[0]`` over its
-windows) beats the best span (null-score threshold 0). Scored with ``lorakit.train.metrics.qa`` (the
+windows) beats the best span (null-score threshold 0). Scored with ``lorakit.metrics.qa`` (the
 official v1.1 / v2.0 rules, in percent); the main metric is ``f1``.
 """
 
@@ -364,7 +364,7 @@ class SquadTask:
 
         The loop first probes the metric names with placeholder numbers; those get NaN values.
         """
-        from lorakit.train.metrics.qa import squad_v1_scores, squad_v2_scores
+        from lorakit.metrics.qa import squad_v1_scores, squad_v2_scores
 
         if not predictions or not all(isinstance(p, SpanPrediction) for p in predictions):
             names = ("exact_match", "f1") if self.version == "1.1" else ("exact", "f1")

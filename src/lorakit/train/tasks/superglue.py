@@ -19,7 +19,7 @@ Every task becomes sentence-pair inputs for the loop's encoder + linear head:
   ``em``/``f1`` against the gold entities.
 
 ``data.max_train_examples``/``max_eval_examples`` count these pairs (MultiRC answer options, ReCoRD
-candidates), not passages. Metrics come from ``lorakit.train.metrics.classification`` (fractions).
+candidates), not passages. Metrics come from ``lorakit.metrics.classification`` (fractions).
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ class SuperGlueTask:
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         """BoolQ/COPA/RTE/WiC/WSC ``acc``; CB ``acc`` and macro ``f1``; MultiRC ``f1a`` and ``em``; ReCoRD
         ``em`` and ``f1`` (all fractions). The loop first probes the names with placeholder numbers."""
-        from lorakit.train.metrics import classification as cm
+        from lorakit.metrics import classification as cm
 
         kind = self.spec.kind
         if kind == "multirc":
