@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_write, json_safe
 from .metrics.lm import LAYOUTS, CorpusError, read_corpus
 
 __all__ = ["main", "evaluate_lm", "LMEvalError"]
@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 def _from_pretrained(loader: Any, name: str, what: str) -> Any:
     """A local folder (or ``package:PKG/SUB``), else the Hugging Face cache, else the Hub when reachable:
     the experiment system's loader, with its errors as ``LMEvalError``."""
-    from .train.build import _from_pretrained as load
-    from .train.errors import ModelLoadError
+    from .pretrained import ModelLoadError
+    from .pretrained import from_pretrained as load
 
     try:
         return load(loader, name, what)
@@ -188,10 +188,6 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lorakit lm-eval``; returns the exit status."""
     try:
@@ -205,10 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_table(record))
     if args.out:
-        from .train.checkpoint import atomic_write
-
         try:
-            atomic_write(args.out, json.dumps({k: _json_safe(v) for k, v in record.items()}, indent=1) + "\n")
+            atomic_write(args.out, json.dumps(json_safe(record), indent=1) + "\n")
         except OSError as exc:
             print(f"lorakit lm-eval: error: cannot write --out {args.out}: {exc}", file=sys.stderr)
             return 2

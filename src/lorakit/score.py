@@ -19,11 +19,12 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_write
 
 NLG_TASKS = ("e2e", "webnlg", "dart")
 GLUE_TASK_NAMES = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
@@ -521,19 +522,6 @@ def format_table(result: ScoreResult, references: str, predictions: str) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 _EPILOG = """\
 file layouts:
   e2e, webnlg, dart  references: a text file with one group of reference lines per instance, groups
@@ -589,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result, args.references, args.predictions))
     if json_out is not None:
         try:
-            _write_json_atomically(json_out, result.as_json())
+            atomic_write(json_out, json.dumps(result.as_json(), indent=2, allow_nan=False) + "\n")
         except OSError as exc:
             print(f"lorakit score: error: cannot write --json {json_out}: {exc}", file=sys.stderr)
             return 2

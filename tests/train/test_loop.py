@@ -245,9 +245,9 @@ def test_unreachable_model_name_says_how_to_pass_a_folder(tmp_path, kit, monkeyp
     assert "no-such-org/no-such-model-xyz" in msg and "model.name_or_path=/path/to/model" in msg
     assert not (tmp_path / "run").exists()
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    from lorakit.train import build
+    from lorakit import pretrained
 
-    monkeypatch.setattr(build, "_hub_reachable", lambda timeout=3.0: False)  # no minute of Hub retries
+    monkeypatch.setattr(pretrained, "_hub_reachable", lambda timeout=3.0: False)  # no minute of Hub retries
     with pytest.raises(ModelLoadError, match="no network connection to the Hub"):
         kit.run(validate(raw), tmp_path / "run")
     raw["model"] = {"name_or_path": str(tmp_path / "missing-folder")}

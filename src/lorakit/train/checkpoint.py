@@ -35,6 +35,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from lorakit.fileio import atomic_write, fsync_dir, write_file
+
 __all__ = [
     "CheckpointError", "CheckpointInfo", "save_checkpoint", "list_checkpoints", "latest_checkpoint",
     "load_model_state", "load_training_state", "average_checkpoints", "remove_stale", "atomic_write",
@@ -64,39 +66,9 @@ def step_dir_name(step: int) -> str:
 # Low-level durable writes
 # ------------------------------------------------------------------------------------------------------
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and fsync it. The single place bytes reach the disk (tests make it fail)."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_file(tmp, raw)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+# ``_write_file`` is looked up in this module when a checkpoint is written, so tests can make the disk fill up.
+_write_file = write_file
+_fsync_dir = fsync_dir
 
 
 def _tensor_bytes(state: dict[str, Tensor]) -> bytes:

@@ -24,10 +24,10 @@ def _error(message: str, code: int) -> int:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
-    from .loop import TrainingError
+    from .loop import ModelLoadError, TrainingError
     from .tasks import DataError
 
-    return (DataError, TrainingError, CheckpointError)
+    return (DataError, TrainingError, CheckpointError, ModelLoadError)
 
 
 def _load(path: str, overrides: list[str], data: str | None = None) -> Section:

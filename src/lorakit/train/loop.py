@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lorakit.fileio import json_safe
+
 from . import checkpoint as ckpt
 from . import distributed as D
 from .build import (
@@ -231,7 +233,7 @@ def train(
         export_state = D.full_state(model, set(trainable)) if sharded else None  # collective under FSDP
         if dinfo.is_main:
             _export_adapter(model, cfg, workdir, task, export_state)
-            ckpt.atomic_write(workdir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
+            ckpt.atomic_write(workdir / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
             if cfg.logging.plots:
                 plot_curves(workdir / "metrics.jsonl", workdir / "plots", say)
             key = results["main_metric"]
@@ -685,7 +687,7 @@ class RunLogger:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.fh.write(json.dumps(_json_safe(record)) + "\n")
+        self.fh.write(json.dumps(json_safe(record)) + "\n")
         self.fh.flush()
         if self.tb is not None:
             split = record.get("split", "train")
@@ -710,17 +712,6 @@ def _keep_on_resume(line: str, step: int) -> bool:
         return int(row["step"]) < step or (int(row["step"]) == step and row.get("split") != "dev_averaged")
     except (ValueError, KeyError, TypeError, AttributeError):
         return False  # a torn last line
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> None, so every output is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def plot_curves(metrics_path: Path, out_dir: Path, say: Callable[[str], None] = print) -> list[Path]:
@@ -809,12 +800,12 @@ def generate_workdir(cfg: Section, workdir: str | Path, *, split: str = "test", 
     out.mkdir(parents=True, exist_ok=True)
     as_line = (lambda p: " ".join(str(p).split())) if all(isinstance(p, str) for p in predictions) else json.dumps
     ckpt.atomic_write(out / f"predictions.{split}.txt", "".join(as_line(p) + "\n" for p in predictions))
-    groups = [r["references"] if isinstance(r, dict) and "references" in r else [json.dumps(_json_safe(r))]
+    groups = [r["references"] if isinstance(r, dict) and "references" in r else [json.dumps(json_safe(r))]
               for r in references]
     ckpt.atomic_write(out / f"references.{split}.txt", "\n".join("".join(x + "\n" for x in g) for g in groups))
     result = {"checkpoints": run.checkpoints, "split": split, "examples": len(predictions),
               "seconds": time.time() - t0, "metrics": metrics}
-    ckpt.atomic_write(out / f"metrics.{split}.json", json.dumps(_json_safe(result), indent=2) + "\n")
+    ckpt.atomic_write(out / f"metrics.{split}.json", json.dumps(json_safe(result), indent=2) + "\n")
     echo(f"{split}: {_fmt(metrics)}")
     echo(f"wrote {out / f'predictions.{split}.txt'}, references.{split}.txt and metrics.{split}.json")
     return result

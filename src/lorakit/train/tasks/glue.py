@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorakit.data import DataError
+from lorakit.metrics import classification as cm
 
 __all__ = ["DataError", "Example", "TaskSpec", "TASK_SPECS", "GlueTask"]
 
@@ -215,63 +216,7 @@ class GlueTask:
     def metrics(self, predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
         """GLUE's metrics for the task: ``acc`` (+ ``f1`` for MRPC and QQP), ``mcc`` for CoLA, ``pearson`` and
         ``spearmanr`` for STS-B. The main metric is ``self.main_metric``."""
-        return _glue_metrics(self.name, list(predictions), list(references))
+        if self.name == "quickstart":
+            return {"acc": float(cm.accuracy(list(predictions), list(references)))}
+        return {k: float(v) for k, v in cm.glue_metrics(self.name, list(predictions), list(references)).items()}
 
-
-# ------------------------------------------------------------------------------------------------------
-# Metrics (small, dependency-free; the shared implementation lives in lorakit.metrics)
-# ------------------------------------------------------------------------------------------------------
-
-def _glue_metrics(task: str, preds: list, refs: list) -> dict[str, float]:
-    """GLUE's metric set under the names of ``lorakit.metrics`` (acc, f1, mcc, pearson, spearmanr).
-
-    Uses that package when it is installed; the small fallback below gives the same numbers.
-    """
-    try:
-        from lorakit.metrics import classification as cm
-    except ImportError:
-        cm = None
-    if cm is not None:
-        if task == "quickstart":
-            return {"acc": float(cm.accuracy(preds, refs))}
-        return {k: float(v) for k, v in cm.glue_metrics(task, preds, refs).items()}
-    if task == "stsb":
-        return {"pearson": _pearson(preds, refs), "spearmanr": _pearson(_ranks(preds), _ranks(refs))}
-    p = [int(x) for x in preds]
-    r = [int(x) for x in refs]
-    tp = sum(a == 1 and b == 1 for a, b in zip(p, r, strict=False))
-    tn = sum(a == 0 and b == 0 for a, b in zip(p, r, strict=False))
-    fp = sum(a == 1 and b == 0 for a, b in zip(p, r, strict=False))
-    fn = sum(a == 0 and b == 1 for a, b in zip(p, r, strict=False))
-    if task == "cola":
-        den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        return {"mcc": (tp * tn - fp * fn) / den if den else 0.0}
-    out = {"acc": sum(a == b for a, b in zip(p, r, strict=False)) / max(len(r), 1)}
-    if task in ("mrpc", "qqp"):
-        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return out
-
-
-def _pearson(x: list, y: list) -> float:
-    n = len(x)
-    if n < 2:
-        return 0.0
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=False))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in x))
-    sy = math.sqrt(sum((b - my) ** 2 for b in y))
-    return sxy / (sx * sy) if sx and sy else float("nan")  # undefined for a constant input
-
-
-def _ranks(x: list) -> list[float]:
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
