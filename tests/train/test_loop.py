@@ -16,12 +16,11 @@ from lorakit.train.loop import (
     NonFiniteLossError,
     WorkdirError,
     _early_stopping,
-    _metric_names,
     apply_method,
     build_model,
     load_tokenizer,
 )
-from lorakit.train.tasks import TASKS, DataError, get_task, is_lower_better, task_from_config
+from lorakit.train.tasks import TASKS, DataError, get_task, task_from_config
 
 # ------------------------------------------------------------------------------------------------------
 # A short run and what it leaves behind
@@ -140,15 +139,15 @@ def test_best_dev_value_is_the_minimum_exactly_for_lower_is_better_metrics(kit, 
 
 
 def test_only_ter_language_model_metrics_and_losses_are_lower_is_better():
-    minimised = {name: {m for m in _metric_names(get_task(name)) if is_lower_better(get_task(name), m)}
+    minimised = {name: {m for m in get_task(name).reported_metrics() if get_task(name).is_lower_better(m)}
                  for name in TASKS}
     lm = {"nll_per_token", "ppl", "bpc", "bpb"}
     assert {name: names for name, names in minimised.items() if names} == {
         "webnlg": {"TER", "TER_seen", "TER_unseen"}, "dart": {"TER"},
         "wikitext": lm | {"word_ppl"}, "enwik8": lm, "text8": lm, "text": lm,
     }
-    assert is_lower_better(get_task("quickstart"), "loss") and is_lower_better(get_task("cola"), "nll")
-    assert is_lower_better(get_task("webnlg"), "TER_seen") and not is_lower_better(get_task("webnlg"), "BLEU_seen")
+    assert get_task("quickstart").is_lower_better("loss") and get_task("cola").is_lower_better("nll")
+    assert get_task("webnlg").is_lower_better("TER_seen") and not get_task("webnlg").is_lower_better("BLEU_seen")
 
 
 def test_half_precision_on_cpu_falls_back_to_fp32_with_a_note(tmp_path, kit):

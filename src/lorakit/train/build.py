@@ -91,7 +91,7 @@ def build_configured_model(cfg: Section, task: Any = None, with_method: bool = T
     ``with_method`` is false (the base model, e.g. for latency comparisons). Seed first for
     reproducible random parts."""
     task = task if task is not None else task_from_config(cfg)
-    model = build_model(cfg.model, task.num_labels, _model_kind(task))
+    model = build_model(cfg.model, task.num_labels, task.model_kind)
     if with_method:
         apply_method(model, cfg)
     if cfg.training.gradient_checkpointing:
@@ -127,10 +127,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> list[str]:
             "training.gradient_checkpointing: this model has no Hugging Face transformer that supports it "
             f"({type(model).__name__}); set it to false")
     return switched
-
-
-def _model_kind(task) -> str:
-    return getattr(task, "model_kind", "classifier")
 
 
 def _load_transformer(model_cfg: Section, auto_class: Any, optional: dict[str, Any]) -> nn.Module:

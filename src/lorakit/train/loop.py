@@ -45,7 +45,7 @@ from .build import (
 )
 from .config import Section, config_diff
 from .errors import ModelLoadError, NonFiniteLossError, TrainingError, WorkdirError
-from .tasks import DataError, is_lower_better, task_from_config
+from .tasks import DataError, task_from_config
 
 __all__ = [
     "train", "evaluate_workdir", "generate_workdir", "export_workdir", "predict_dataset", "build_model",
@@ -104,14 +104,13 @@ def train(
                                 training=True)
         dev_set = _load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
         micro = _micro_batch_size(cfg, dinfo, len(train_set))
-        _check_metric_name(cfg, task, _metric_names(task))  # a typo in evaluation.metric fails now
+        _check_metric_name(cfg, task, task.reported_metrics())  # a typo in evaluation.metric fails now
 
         # 2. model: seeded build, then the fine-tuning method decides what trains
         _seed_everything(cfg.training.seed, cfg.training.deterministic)
         model = build_configured_model(cfg, task)
         init_info = init_from_run(model, cfg, say) if cfg.model.init_from is not None else None
-        if hasattr(task, "check_model"):  # e.g. sequences longer than the model's positions
-            task.check_model(model)
+        task.check_model(model)  # e.g. sequences longer than the model's positions
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         params = _parameter_counts(model)
 
@@ -469,12 +468,6 @@ def _main_metric(cfg: Section, task) -> str:
     return cfg.evaluation.metric or task.main_metric
 
 
-def _metric_names(task) -> list[str]:
-    """What the task's ``metrics`` reports: its ``metric_names``, else the keys of a call on dummy input."""
-    names = getattr(task, "metric_names", None)
-    return list(names) if names is not None else list(task.metrics([0, 1], [0, 1]))
-
-
 def _check_metric_name(cfg: Section, task, metrics: Iterable[str]) -> None:
     key = _main_metric(cfg, task)
     if key not in metrics:
@@ -487,7 +480,7 @@ def _early_stopping(cfg: Section, task, state: LoopState) -> None:
     and count evaluations without improvement; stop after ``training.early_stopping.patience`` of them."""
     key = _main_metric(cfg, task)
     value = state.last_eval.get(key)
-    sign = -1.0 if is_lower_better(task, key) else 1.0
+    sign = -1.0 if task.is_lower_better(key) else 1.0
     es = cfg.training.early_stopping
     min_delta = es.min_delta if es is not None else 0.0
     if value is not None and math.isfinite(value) and (state.best_metric is None or

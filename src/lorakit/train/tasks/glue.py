@@ -13,6 +13,7 @@ The model the loop builds maps ``input_ids``, ``attention_mask``, ``token_type_i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorakit.data import DataError
 from lorakit.metrics import classification as cm
+
+from .base import DataError, Task, cut_keep_last, pad, register_task
 
 __all__ = ["DataError", "Example", "TaskSpec", "TASK_SPECS", "GlueTask"]
 
@@ -73,7 +75,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
 }
 
 
-class GlueTask:
+class GlueTask(Task):
     """A sentence(-pair) classification or regression task read from GLUE-style TSV files."""
 
     def __init__(self, spec: TaskSpec, label_smoothing: float = 0.0):
@@ -174,21 +176,10 @@ class GlueTask:
         """Pad to the longest item: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq)``
         and ``labels`` ``(batch,)`` (int64 classes, or float32 scores)."""
 
-        def cut(seq: list[int]) -> list[int]:
-            if max_length is None or len(seq) <= max_length:
-                return seq
-            return seq[: max_length - 1] + seq[-1:]  # keep the final [SEP]
-
-        ids = [cut(it["input_ids"]) for it in items]
-        types = [cut(it["token_type_ids"]) for it in items]
-        width = max(len(s) for s in ids)
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(ids), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, (s, t) in enumerate(zip(ids, types, strict=False)):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            token_type_ids[i, : len(t)] = torch.tensor(t)
-            attention_mask[i, : len(s)] = 1
+        ids = [cut_keep_last(it["input_ids"], max_length) for it in items]  # keep the final [SEP]
+        types = [cut_keep_last(it["token_type_ids"], max_length) for it in items]
+        input_ids, token_type_ids = pad(ids, self.pad_id), pad(types, 0)
+        attention_mask = pad([[1] * len(s) for s in ids], 0)
         dtype = torch.float32 if self.spec.labels is None else torch.long
         labels = torch.tensor([it["label"] for it in items], dtype=dtype)
         return {"input_ids": input_ids, "attention_mask": attention_mask,
@@ -220,3 +211,7 @@ class GlueTask:
             return {"acc": float(cm.accuracy(list(predictions), list(references)))}
         return {k: float(v) for k, v in cm.glue_metrics(self.name, list(predictions), list(references)).items()}
 
+
+
+for _spec in TASK_SPECS.values():
+    register_task(_spec.name, functools.partial(GlueTask, _spec))

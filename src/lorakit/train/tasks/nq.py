@@ -26,6 +26,7 @@ the 5 dev annotators gave a short answer, or the single annotation of a train-fo
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .glue import DataError
+from .base import DataError, register_task
 from .squad import QAExample, SpanPrediction, SquadTask
 
 __all__ = ["NQExample", "NQTask", "nq_context"]
@@ -245,3 +246,6 @@ def _annotations(record: dict, where: str, qid: str, n_tokens: int) -> list:
             pairs.append((start, end))
         out.append(NQAnnotation(tuple(pairs), yes_no.upper()))
     return out
+
+
+register_task("nq", functools.partial(NQTask, "nq"), config_options=lambda cfg: {"keep_html": cfg.data.keep_html})

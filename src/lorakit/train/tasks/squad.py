@@ -25,6 +25,7 @@ official v1.1 / v2.0 rules, in percent); the main metric is ``f1``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .glue import DataError
+from .base import DataError, Task, pad, register_task
 
 __all__ = ["QAExample", "SpanPrediction", "SquadTask", "SQUAD_VERSIONS"]
 
@@ -99,7 +100,7 @@ class SpanPrediction:
     null_score: float
 
 
-class SquadTask:
+class SquadTask(Task):
     """SQuAD v1.1 (``squad``) or v2.0 (``squad_v2``) with a token-level start/end head."""
 
     num_labels = 2  # the classifier maps each token to (start score, end score)
@@ -288,17 +289,9 @@ class SquadTask:
                 if end >= max_length - 1:
                     start, end = 0, 0
             rows.append((ids, types, offs, start, end))
-        width = max(len(r[0]) for r in rows)
-        n = len(rows)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((n, width), dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        offsets = torch.full((n, width, 2), -1, dtype=torch.long)
-        for i, (ids, types, offs, _, _) in enumerate(rows):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            token_type_ids[i, :len(types)] = torch.tensor(types)
-            attention_mask[i, :len(ids)] = 1
-            offsets[i, :len(offs)] = torch.tensor(offs, dtype=torch.long).view(-1, 2)
+        input_ids, token_type_ids = pad([r[0] for r in rows], self.pad_id), pad([r[1] for r in rows], 0)
+        attention_mask = pad([[1] * len(r[0]) for r in rows], 0)
+        offsets = pad([r[2] for r in rows], -1)  # (batch, seq, 2)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                 "offsets": offsets, "start_positions": torch.tensor([r[3] for r in rows]),
                 "end_positions": torch.tensor([r[4] for r in rows])}
@@ -393,3 +386,7 @@ def _list(obj: Any, key: str, path: Path, where: str, task: SquadTask) -> list:
         raise DataError(f"{path}: {where} has no \"{key}\" list; task {task.name!r} expects the official SQuAD "
                         f"{task.version} JSON layout {_LAYOUT}")
     return value
+
+
+for _name in SQUAD_VERSIONS:
+    register_task(_name, functools.partial(SquadTask, _name))
