@@ -87,7 +87,7 @@ def test_averaged_evaluation_uses_the_last_k_checkpoints(tmp_path, kit):
                           evaluation={"average_last": 3, "every": 6})
     results = kit.run(cfg, tmp_path / "run")
     assert results["averaged"]["checkpoints"] == [2, 4, 6]
-    from lorakit.train.loop import evaluate_workdir
+    from lorakit.train.finished_run import evaluate_workdir
 
     by_hand = evaluate_workdir(cfg, tmp_path / "run", average=3)
     assert by_hand["metrics"] == results["averaged"]["metrics"]
@@ -104,10 +104,10 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path, kit, monkeypa
                     evaluation={"every": 5, "average_last": 1})
     straight = kit.run(kit.tiny_config(**sections), tmp_path / "straight")
 
-    from lorakit.train import loop
+    from lorakit.train import run_dir
 
     calls = {"n": 0}
-    real_save = loop._save
+    real_save = run_dir.save_state
 
     def crash_after_second_checkpoint(*args, **kwargs):
         real_save(*args, **kwargs)
@@ -115,10 +115,10 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path, kit, monkeypa
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_save", crash_after_second_checkpoint)
+    monkeypatch.setattr(run_dir, "save_state", crash_after_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         kit.run(kit.tiny_config(**sections), tmp_path / "resumed")
-    monkeypatch.setattr(loop, "_save", real_save)
+    monkeypatch.setattr(run_dir, "save_state", real_save)
     assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").step == 6
     resumed = kit.run(kit.tiny_config(**sections), tmp_path / "resumed")  # same config: automatic resume
     a, b = kit.tensors(tmp_path / "straight"), kit.tensors(tmp_path / "resumed")

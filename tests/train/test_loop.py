@@ -9,17 +9,11 @@ import pytest
 import torch
 
 from lorakit.train import checkpoint as ckpt
+from lorakit.train.build import apply_method, build_model, load_tokenizer
 from lorakit.train.commands import eval_main, inspect_main, train_main
-from lorakit.train.loop import (
-    LoopState,
-    ModelLoadError,
-    NonFiniteLossError,
-    WorkdirError,
-    _early_stopping,
-    apply_method,
-    build_model,
-    load_tokenizer,
-)
+from lorakit.train.errors import ModelLoadError, NonFiniteLossError, WorkdirError
+from lorakit.train.loop import _early_stopping
+from lorakit.train.run_dir import LoopState
 from lorakit.train.tasks import TASKS, DataError, get_task, task_from_config
 
 # ------------------------------------------------------------------------------------------------------
@@ -64,7 +58,7 @@ def test_lora_freezes_pretrained_weights_and_optimizes_only_trainable(kit):
     assert trainable and all(".lora_" in n or n.startswith("classifier.") for n in trainable)
     assert not model.encoder.embeddings.word_embeddings.weight.requires_grad
 
-    from lorakit.train.loop import build_optimizer
+    from lorakit.train.build import build_optimizer
 
     opt = build_optimizer(model, cfg.optimizer)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
@@ -279,7 +273,7 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, kit
 
 
 def test_unknown_evaluation_metric_fails_before_the_workdir_is_touched(tmp_path, kit):
-    from lorakit.train.loop import TrainingError
+    from lorakit.train.errors import TrainingError
 
     with pytest.raises(TrainingError, match=r"evaluation.metric 'f1' is not reported .* \['acc'\]"):
         kit.run(kit.tiny_config(evaluation={"metric": "f1"}), tmp_path / "run")

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
+from lorakit.train.build import apply_method, build_model, build_optimizer
 from lorakit.train.config import ConfigError
-from lorakit.train.loop import TrainingError, apply_method, build_model, build_optimizer
+from lorakit.train.errors import TrainingError
 
 BASELINES = ["ft_top2", "bitfit", "adapter_houlsby", "adapter_pfeiffer", "prefix_embed", "prefix_layer"]
 TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 30522, "n_positions": 64,
@@ -67,7 +68,7 @@ def test_each_method_trains_only_its_parameters(kit, method, arch):
 @pytest.mark.parametrize("method,arch", [("adapter_houlsby", "bert"), ("prefix_layer", "bert"),
                                          ("prefix_embed", "gpt2"), ("bitfit", "gpt2")])
 def test_checkpoint_round_trip_and_reported_counts(tmp_path, kit, method, arch):
-    from lorakit.train.loop import evaluate_workdir
+    from lorakit.train.finished_run import evaluate_workdir
 
     cfg = _cfg(kit, method, arch, training={"max_steps": 4, "checkpoint_every": 4},
                evaluation={"every": 4, "average_last": 1, "baseline": False})

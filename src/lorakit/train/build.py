@@ -1,5 +1,6 @@
 """Building a run's model: the pretrained (or randomly initialised) model of the task's kind, the
-fine-tuning method that decides what trains, and the optional start from another run (``model.init_from``).
+fine-tuning method that decides what trains, the optional start from another run (``model.init_from``), and
+the optimizer and learning-rate schedule over what trains.
 
 Every function reads the resolved config; none trains. ``lorakit.train.loop`` calls them in its recipe, and
 ``lorakit eval / generate / export / inspect`` rebuild a run's model through :func:`build_configured_model`.
@@ -8,6 +9,9 @@ Every function reads the resolved config; none trains. ``lorakit.train.loop`` ca
 from __future__ import annotations
 
 import json
+import math
+import os
+import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -286,7 +290,7 @@ def _init_checkpoints(source: Path) -> list[Path]:
     if not source.exists():
         raise TrainingError(f"model.init_from: {source} does not exist (give another run's workdir or one of its "
                             "checkpoint folders, e.g. WORKDIR/checkpoints/step-0001000)")
-    if ckpt._read_meta(source) is not None:
+    if ckpt.read_meta(source) is not None:
         return [source]
     root = source / "checkpoints" if (source / "checkpoints").is_dir() else source
     found = ckpt.list_checkpoints(root)
@@ -303,3 +307,65 @@ def _init_checkpoints(source: Path) -> list[Path]:
     if averaged and all(step in by_step for step in averaged):
         return [by_step[step] for step in averaged]
     return [found[-1].path]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Seeding, optimizer and schedule
+# ------------------------------------------------------------------------------------------------------
+
+def build_optimizer(model: nn.Module, ocfg: Section) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only; biases and norms (``no_decay``) without weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(name.endswith(s) for s in ocfg.no_decay) else decay).append(p)
+    if not decay and not no_decay:
+        raise TrainingError("no parameter is trainable: check method.target_modules / modules_to_save")
+    groups = [{"params": decay, "weight_decay": ocfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=ocfg.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, scfg: Section, total_steps: int,
+                    say: Callable[[str], None]) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from lr/warmup to lr, then linear (or cosine) decay to 0 at ``total_steps``."""
+    warmup = scfg.warmup_steps if scfg.warmup_ratio is None else int(round(scfg.warmup_ratio * total_steps))
+    if warmup >= total_steps and scfg.name != "constant":
+        say(f"note: warmup ({warmup} steps) is not shorter than the run ({total_steps} steps): the learning "
+            "rate never reaches optimizer.lr; set schedule.warmup_steps or schedule.warmup_ratio")
+    name = scfg.name
+
+    def factor(step: int) -> float:  # step = optimizer steps taken so far
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, Any]:
+    """total, trainable, percent; head (trainable head parameters), trainable_excluding_head (the LoRA
+    paper's count) and after_training (that, once PreLayer's reparameterisation MLP is dropped)."""
+    from lorakit.methods import count_parameters
+
+    return count_parameters(model, head=("classifier", "pooler"))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False

@@ -39,7 +39,8 @@ from lorakit.fileio import atomic_write, fsync_dir, write_file
 
 __all__ = [
     "CheckpointError", "CheckpointInfo", "save_checkpoint", "list_checkpoints", "latest_checkpoint",
-    "load_model_state", "load_training_state", "average_checkpoints", "remove_stale", "atomic_write",
+    "load_model_state", "load_training_state", "average_checkpoints", "remove_stale", "read_meta",
+    "tensor_bytes", "atomic_write",
 ]
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "training_state.pt", "meta.json"
@@ -71,12 +72,13 @@ _write_file = write_file
 _fsync_dir = fsync_dir
 
 
-def _tensor_bytes(state: dict[str, Tensor]) -> bytes:
+def tensor_bytes(state: dict[str, Tensor]) -> bytes:
+    """``state`` as the bytes of a safetensors file (written through ``atomic_write``)."""
     # safetensors wants contiguous, unshared CPU tensors
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()})
 
 
-def _torch_bytes(obj: Any) -> bytes:
+def torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -109,7 +111,7 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        files = {MODEL_FILE: _tensor_bytes(model_state), STATE_FILE: _torch_bytes(training_state)}
+        files = {MODEL_FILE: tensor_bytes(model_state), STATE_FILE: torch_bytes(training_state)}
         for name, data in files.items():
             _write_file(tmp / name, data)
         full_meta = dict(meta, step=int(step), format=FORMAT_VERSION,
@@ -147,7 +149,7 @@ def _remove_dir(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _read_meta(path: Path) -> dict | None:
+def read_meta(path: Path) -> dict | None:
     """The meta of a complete checkpoint directory, or None when it is incomplete or damaged."""
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
@@ -168,7 +170,7 @@ def list_checkpoints(root: str | Path) -> list[CheckpointInfo]:
     for child in root.iterdir():
         m = _STEP_DIR.match(child.name)
         if m and child.is_dir():
-            meta = _read_meta(child)
+            meta = read_meta(child)
             if meta is not None and meta.get("step") == int(m.group(1)):
                 out.append(CheckpointInfo(int(m.group(1)), child, meta))
     return sorted(out, key=lambda c: c.step)
