@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lorakit.errors import LorakitError
+
 __all__ = ["PrepareError", "SOURCES", "prepare", "main"]
 
 
-class PrepareError(RuntimeError):
+class PrepareError(LorakitError, RuntimeError):
     """The data cannot be prepared; the message says why and what to do."""
 
 

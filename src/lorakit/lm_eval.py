@@ -20,13 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lorakit.errors import LorakitError
+
 from .fileio import atomic_write, json_safe
 from .metrics.lm import LAYOUTS, CorpusError, read_corpus
 
 __all__ = ["main", "evaluate_lm", "LMEvalError"]
 
 
-class LMEvalError(ValueError):
+class LMEvalError(LorakitError, ValueError):
     """Unusable arguments or input; the message says what to change."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.errors import LorakitError
+
 from .fileio import atomic_write
 
 NLG_TASKS = ("e2e", "webnlg", "dart")
@@ -77,7 +79,7 @@ _OUTPUT_HEADERS = {
 _E2E_CSV_FIXES = (("Ł", "£"), ("Â£", "£"), ("Ã©", "é"), ("ã©", "é"))
 
 
-class ScoreInputError(Exception):
+class ScoreInputError(LorakitError):
     """Unusable input for ``lorakit score``; the message says which file and what to change."""
 
 

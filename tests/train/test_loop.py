@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lorakit.train import checkpoint as ckpt
-from lorakit.train.build import apply_method, build_model, load_tokenizer
+from lorakit.train.build import apply_configured_method, build_model, load_tokenizer
 from lorakit.train.commands import eval_main, inspect_main, train_main
 from lorakit.train.errors import ModelLoadError, NonFiniteLossError, WorkdirError
 from lorakit.train.loop import _early_stopping
@@ -53,7 +53,7 @@ def test_short_run_logs_checkpoints_and_reports(tmp_path, kit):
 def test_lora_freezes_pretrained_weights_and_optimizes_only_trainable(kit):
     cfg = kit.tiny_config()
     model = build_model(cfg.model, 4)
-    apply_method(model, cfg)
+    apply_configured_method(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n or n.startswith("classifier.") for n in trainable)
     assert not model.encoder.embeddings.word_embeddings.weight.requires_grad

@@ -97,7 +97,7 @@ def build_configured_model(cfg: Section, task: Any = None, with_method: bool = T
     task = task if task is not None else task_from_config(cfg)
     model = build_model(cfg.model, task.num_labels, task.model_kind)
     if with_method:
-        apply_method(model, cfg)
+        apply_configured_method(model, cfg)
     if cfg.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model
@@ -168,7 +168,7 @@ def head_names(model: nn.Module, cfg: Section) -> list[str]:
     return ["classifier"] + (["pooler"] if cfg.model.pooling == "pooler" else [])
 
 
-def apply_method(model: nn.Module, cfg: Section) -> None:
+def apply_configured_method(model: nn.Module, cfg: Section) -> None:
     """Decide what trains: LoRA adapters (+ modules_to_save, chosen biases), everything, or the head."""
     m = cfg.method
     head = head_names(model, cfg)

@@ -35,6 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write, fsync_dir, write_file
 
 __all__ = [
@@ -48,7 +49,7 @@ FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LorakitError, RuntimeError):
     """A checkpoint could not be written or read; the message says which and what is intact."""
 
 

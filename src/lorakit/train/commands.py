@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import ConfigError, Section, apply_overrides, read_json, validate
 
-__all__ = ["train_main", "eval_main", "inspect_main", "generate_main", "export_main", "main"]
+__all__ = ["train_main", "eval_main", "inspect_main", "generate_main", "export_main", "read_config"]
 
 
 def _error(message: str, code: int) -> int:
@@ -267,22 +267,3 @@ def export_main(argv: list[str] | None = None) -> int:
         cfg, args.workdir, args.out, checkpoint=args.checkpoint, average=args.average))
 
 
-SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main, "generate": generate_main,
-               "export": export_main}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``lorakit train ...``: the dispatcher's entry point for the train subcommand."""
-    return train_main(argv)
-
-
-def dispatch(argv: list[str] | None = None) -> int:
-    """``main.py [train|eval|inspect] ARGS``; without a subcommand name, ``train``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
-    return train_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(dispatch())

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit.errors import LorakitError
 from lorakit.methods import METHODS
 
 from .tasks import task_names
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(LorakitError, ValueError):
     """One or more problems in a config; ``problems`` holds ``(json_path, message)`` pairs."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):

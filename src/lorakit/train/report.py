@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.errors import LorakitError
+
 __all__ = ["ReportError", "RunRecord", "collect_runs", "summarise", "markdown_report", "plot_report", "main"]
 
 
-class ReportError(ValueError):
+class ReportError(LorakitError, ValueError):
     """A workdir cannot be reported; the message names the file and what to do."""
 
 
