@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import LorakitError
+from lorakit.fileio import atomic_write
 
 __all__ = ["ReportError", "RunRecord", "collect_runs", "summarise", "markdown_report", "plot_report", "main"]
 
@@ -361,7 +362,7 @@ def plot_report(summary: Summary, path: str | Path) -> Path | None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -395,7 +396,7 @@ def plot_curves(metrics_path: Path, out_dir: Path, say: Callable[[str], None] = 
         ax2.set_ylabel("learning rate")
         ax.set_title("training loss")
         fig.tight_layout()
-        fig.savefig(out_dir / "loss.png", dpi=100)
+        atomic_write(out_dir / "loss.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
         written.append(out_dir / "loss.png")
     dev_rows = [r for r in rows if r.get("split") == "dev"]
@@ -410,7 +411,7 @@ def plot_curves(metrics_path: Path, out_dir: Path, say: Callable[[str], None] = 
         ax.set_title("dev metrics")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out_dir / "metrics.png", dpi=100)
+        atomic_write(out_dir / "metrics.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
         written.append(out_dir / "metrics.png")
     return written
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(text, encoding="utf-8")
+        atomic_write(out / "report.md", text)
         png = plot_report(summary, out / "report.png")
         print(f"\nwrote {out / 'report.md'}" + (f" and {png}" if png else ""), file=sys.stderr)
     return 0
