@@ -85,18 +85,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return model.to(dtype).eval(), tokenizer
 
 
-def evaluate_lm(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the evaluation the parsed arguments describe; return the JSON record."""
-    import torch
-
-    from .metrics.lm import (
-        lm_metrics,
-        max_positions,
-        pseudo_perplexity,
-        sliding_window_nll,
-        tokenize_text,
-    )
-
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse numbers out of range and an --out in a missing folder, before any model is loaded."""
     if args.context is not None and args.context < 2:
         raise LMEvalError(f"--context must be >= 2 tokens, got {args.context}")
     if args.stride is not None and args.stride < 1:
@@ -109,6 +99,21 @@ def evaluate_lm(args: argparse.Namespace) -> dict[str, Any]:
     out_path = Path(args.out) if args.out else None
     if out_path is not None and not out_path.parent.resolve().is_dir():
         raise LMEvalError(f"cannot write --out {out_path}: the folder {out_path.parent} does not exist")
+
+
+def evaluate_lm(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the evaluation the parsed arguments describe; return the JSON record."""
+    import torch
+
+    from .metrics.lm import (
+        lm_metrics,
+        max_positions,
+        pseudo_perplexity,
+        sliding_window_nll,
+        tokenize_text,
+    )
+
+    _check_arguments(args)
     try:
         corpus = read_corpus(args.text, args.layout, args.split)
     except CorpusError as exc:
