@@ -108,7 +108,7 @@ def train(
     try:
         run = setup_run(cfg, Path(workdir), dinfo, resume=resume, force=force, echo=echo)
         train_time = fit(run)
-        return finish(run, time.time() - t_start, train_time)
+        return finish(run, t_start, train_time)
     finally:
         D.cleanup(dinfo)
 
@@ -221,8 +221,9 @@ def fit(run: Run) -> float:
     return train_time
 
 
-def finish(run: Run, wall_time: float, train_time: float) -> dict[str, Any]:
-    """Evaluate the last model and the average of the last K checkpoints; write results.json and the adapter."""
+def finish(run: Run, t_start: float, train_time: float) -> dict[str, Any]:
+    """Evaluate the last model and the average of the last K checkpoints; write results.json and the adapter.
+    ``t_start``: when the run began (``time.time()``), for the wall time."""
     cfg, state, dinfo, workdir = run.cfg, run.state, run.dinfo, run.workdir
 
     # the last model, then the average of the last K checkpoints (loaded into the model in place)
@@ -242,7 +243,7 @@ def finish(run: Run, wall_time: float, train_time: float) -> dict[str, Any]:
         "best": {"step": state.best_step, "value": state.best_metric}, "init_from": run.init_info,
         "parameters": run.params,
         "adapter_bytes": run_dir.file_size(kept[-1].path, ckpt.MODEL_FILE) if kept else None,
-        "wall_time_s": wall_time, "train_time_s": train_time,
+        "wall_time_s": time.time() - t_start, "train_time_s": train_time,
         "world_size": dinfo.world_size, "device": dinfo.device.type, "versions": run_dir.versions(),
     }
     sharded = dinfo.enabled and cfg.training.strategy == "fsdp"
