@@ -28,7 +28,7 @@ def _meta_classifier(arch: dict) -> nn.Module:
     """The experiment system's SequenceClassifier (encoder + 2-label head) with no storage (meta device)."""
     from transformers import AutoConfig, AutoModel
 
-    from lorakit.train.loop import SequenceClassifier
+    from lorakit.train.build import SequenceClassifier
 
     arch = dict(arch)
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)

@@ -18,7 +18,6 @@ import difflib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from .adapt import (
     lora_modules,
     restore_on_error,
 )
+from .fileio import atomic_write
 from .functional import lora_scaling
 from .layers import is_lora_param_name
 
@@ -137,21 +137,6 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER,
     return tensors, peft_config
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER,
                  pissa_to_lora: bool = False) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's layout.
@@ -164,9 +149,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     text = json.dumps(peft_config, indent=2, sort_keys=True)
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write(directory / CONFIG_NAME, text)
     return directory
 
 

@@ -19,11 +19,14 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lorakit.errors import LorakitError
+
+from .fileio import atomic_write
 
 NLG_TASKS = ("e2e", "webnlg", "dart")
 GLUE_TASK_NAMES = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
@@ -76,7 +79,7 @@ _OUTPUT_HEADERS = {
 _E2E_CSV_FIXES = (("Ł", "£"), ("Â£", "£"), ("Ã©", "é"), ("ã©", "é"))
 
 
-class ScoreInputError(Exception):
+class ScoreInputError(LorakitError):
     """Unusable input for ``lorakit score``; the message says which file and what to change."""
 
 
@@ -219,7 +222,7 @@ def _load_nlg(task: str, ref_path: Path, pred_path: Path) -> tuple[list[str], li
                 raise ScoreInputError(
                     f"references file {ref_path}: row {number} (MR {src!r}) has an empty reference"
                 )
-        from lorakit.train.metrics.nlg import group_references
+        from lorakit.metrics.nlg import group_references
 
         ref_sources, groups = group_references(sources, refs)
     else:
@@ -400,7 +403,7 @@ def _lines_keep_inner(text: str) -> list[str]:
 
 
 def _load_squad(task: str, ref_path: Path, pred_path: Path) -> tuple[Any, dict[str, str]]:
-    from lorakit.train.metrics.qa import squad_questions
+    from lorakit.metrics.qa import squad_questions
 
     dataset = _load_json(ref_path, "references")
     try:
@@ -462,14 +465,14 @@ def score_files(
     if key in NLG_TASKS:
         hyps, groups, unit = _load_nlg(key, ref_path, pred_path)
         empty = [i for i, h in enumerate(hyps, start=1) if not h]
-        from lorakit.train.metrics import nlg
+        from lorakit.metrics import nlg
 
         metrics = nlg.e2e_metrics(hyps, groups) if key == "e2e" else nlg.webnlg_metrics(hyps, groups)
         return ScoreResult(key, metrics, len(hyps), empty, unit)
 
     if key in GLUE_TASK_NAMES:
         preds, refs = _load_glue(key, ref_path, pred_path)
-        from lorakit.train.metrics.classification import glue_metrics
+        from lorakit.metrics.classification import glue_metrics
 
         empty = [i for i, p in enumerate(preds, start=1) if not p]
         result = ScoreResult(key, glue_metrics(key, preds, refs), len(refs), empty, "example")
@@ -481,7 +484,7 @@ def score_files(
             )
         return result
 
-    from lorakit.train.metrics.qa import squad_questions, squad_v1_scores, squad_v2_scores
+    from lorakit.metrics.qa import squad_questions, squad_v1_scores, squad_v2_scores
 
     dataset, answers = _load_squad(key, ref_path, pred_path)
     scores = squad_v1_scores(dataset, answers) if key == "squad" else squad_v2_scores(dataset, answers)
@@ -519,19 +522,6 @@ def format_table(result: ScoreResult, references: str, predictions: str) -> str:
         shown = str(value) if isinstance(value, int) else f"{value:.4f}"
         lines.append(f"{name.ljust(width)}  {shown}")
     return "\n".join(lines)
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 _EPILOG = """\
@@ -589,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result, args.references, args.predictions))
     if json_out is not None:
         try:
-            _write_json_atomically(json_out, result.as_json())
+            atomic_write(json_out, json.dumps(result.as_json(), indent=2, allow_nan=False) + "\n")
         except OSError as exc:
             print(f"lorakit score: error: cannot write --json {json_out}: {exc}", file=sys.stderr)
             return 2

@@ -20,10 +20,15 @@ import copy
 import difflib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lorakit.errors import LorakitError
+from lorakit.methods import METHODS
+
+from .tasks import task_names
 
 __all__ = [
     "ConfigError", "Section", "SCHEMA", "load_config", "validate", "apply_overrides", "defaults",
@@ -31,7 +36,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(LorakitError, ValueError):
     """One or more problems in a config; ``problems`` holds ``(json_path, message)`` pairs."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
@@ -61,18 +66,23 @@ class Section(dict):
 @dataclass(frozen=True)
 class Field:
     """One config key. ``kind``: 'int', 'float', 'bool', 'str', 'str_list', 'str_or_str_list',
-    'dict' (free-form object), 'int_pair' or 'section' (then ``schema`` holds the sub-fields)."""
+    'dict' (free-form object), 'int_pair' or 'section' (then ``schema`` holds the sub-fields). ``choices``: the
+    allowed values, or a function returning them (a registry's names, read when a config is validated)."""
 
     kind: str
     default: Any = None
     nullable: bool = False
-    choices: tuple | None = None
+    choices: tuple | Callable[[], tuple] | None = None
     min: float | None = None
     max: float | None = None
     min_exclusive: bool = False
     max_exclusive: bool = False
     schema: dict[str, Field] | None = None
     help: str = ""
+
+    def allowed(self) -> tuple | None:
+        """The allowed values (``choices``, called when it is a function), or None: any value of the kind."""
+        return self.choices() if callable(self.choices) else self.choices
 
 
 def _section(help_text: str = "", nullable: bool = False, **fields: Field) -> Field:
@@ -114,8 +124,7 @@ SCHEMA: dict[str, Field] = {
         "baselines: 'ft_top2' (last two blocks + head), 'bitfit' (biases + head), 'adapter_houlsby', "
         "'adapter_pfeiffer', 'prefix_embed', 'prefix_layer' (see lorakit.methods; LoRA + BitFit is 'lora' "
         "with bias 'all')",
-        name=Field("str", "lora", choices=("lora", "full", "head_only", "ft_top2", "bitfit", "adapter_houlsby",
-                                           "adapter_pfeiffer", "prefix_embed", "prefix_layer"),
+        name=Field("str", "lora", choices=("lora", *(m for m in METHODS if m != "lora")),
                    help="the fine-tuning method; the baselines are described in docs/experiments.md, "
                         "section 'Baselines of the LoRA paper'"),
         r=Field("int", 8, min=1, help="LoRA rank"),
@@ -151,9 +160,7 @@ SCHEMA: dict[str, Field] = {
         "what is learned",
         name=Field(
             "str", "quickstart",
-            choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "qqp", "mnli", "mnli_mm", "qnli", "squad",
-                     "squad_v2", "nq", "boolq", "cb", "copa", "superglue_rte", "wic", "wsc", "multirc", "record", "e2e",
-                     "webnlg", "dart", "wikitext", "enwik8", "text8", "text"),
+            choices=task_names,
             help="a task plugin from lorakit.train.tasks",
         ),
     ),
@@ -356,10 +363,11 @@ def _check_field(f: Field, value: Any, path: str, problems: list[tuple[str, str]
         if not isinstance(value, str):
             problems.append((path, f"must be a string, got {_type_name(value)} {value!r}"))
             return None
-        if f.choices is not None and value not in f.choices:
-            hint = difflib.get_close_matches(value, f.choices, n=1)
+        allowed = f.allowed()
+        if allowed is not None and value not in allowed:
+            hint = difflib.get_close_matches(value, allowed, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            problems.append((path, f"must be one of {list(f.choices)}, got {value!r}{extra}"))
+            problems.append((path, f"must be one of {list(allowed)}, got {value!r}{extra}"))
         return value
     if kind in ("str_list", "str_or_str_list"):
         if kind == "str_or_str_list" and isinstance(value, str):
@@ -565,8 +573,8 @@ def markdown_reference() -> str:
                 walk(f.schema or {}, f"{prefix}{key}.")
                 continue
             notes = [f.help] if f.help else []
-            if f.choices:
-                notes.append("one of " + ", ".join(f"`{c}`" for c in f.choices))
+            if f.allowed():
+                notes.append("one of " + ", ".join(f"`{c}`" for c in f.allowed()))
             if _range_text(f):
                 notes.append(_range_text(f))
             if f.nullable:

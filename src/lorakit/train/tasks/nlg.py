@@ -1,7 +1,7 @@
 """NLG tasks of the LoRA paper's GPT-2 table: E2E NLG, WebNLG 2017 and DART, as conditional generation.
 
 Every example is a ``context`` (an E2E meaning representation, or linearised triples) with its human
-references (:mod:`lorakit.train.tasks.nlg_data` reads the official files). The model is a causal LM
+references (:mod:`lorakit.data.nlg` reads the official files). The model is a causal LM
 (GPT-2): it reads the prompt ``data.prompt_template.format(context=...)`` and continues with the text.
 
 * Training items: one per (context, reference) pair, ``prompt + reference + EOS``; the loss is the
@@ -16,6 +16,7 @@ references (:mod:`lorakit.train.tasks.nlg_data` reads the official files). The m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import unwrap
-from .glue import DataError
+from .base import DataError, Task, pad, register_task
 
 __all__ = ["NLG_TASKS", "NLGTask"]
 
@@ -39,7 +40,7 @@ _METRIC_NAMES = {  # (all, fast): what metrics() reports in each mode
 }
 
 
-class NLGTask:
+class NLGTask(Task):
     """Conditional generation with a causal LM: ``model_kind = "causal_lm"``.
 
     ``generation``: the config's ``generation`` section (or ``None`` for its defaults); it also says
@@ -68,7 +69,7 @@ class NLGTask:
     # -- load / encode -------------------------------------------------------------------------------
     def load(self, split: str, data_dir: str | Path) -> list:
         """The split's examples, one per context, with all its references (``NLGExample``)."""
-        from .nlg_data import read_split
+        from lorakit.data.nlg import read_split
 
         return read_split(self.name, split, data_dir)
 
@@ -147,23 +148,11 @@ class NLGTask:
         if "labels" in items[0]:
             ids = [it["input_ids"][:max_length] for it in items]
             labels = [it["labels"][:max_length] for it in items]
-            width = max(len(s) for s in ids)
-            input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-            label_t = torch.full((len(ids), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for i, (s, lab) in enumerate(zip(ids, labels, strict=True)):
-                input_ids[i, :len(s)] = torch.tensor(s)
-                label_t[i, :len(lab)] = torch.tensor(lab)
-                mask[i, :len(s)] = 1
-            return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
+            mask = pad([[1] * len(s) for s in ids], 0)
+            return {"input_ids": pad(ids, self.pad_id), "attention_mask": mask, "labels": pad(labels, -100)}
         prompts = [it["prompt_ids"] for it in items]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        mask = pad([[1] * len(p) for p in prompts], 0, left=True)
+        return {"input_ids": pad(prompts, self.pad_id, left=True), "attention_mask": mask}
 
     # -- loss / predict ----------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -199,7 +188,7 @@ class NLGTask:
     def metrics(self, predictions: Sequence[str], references: Sequence[dict]) -> dict[str, float]:
         """The task's corpus metrics (names in ``self.metric_names``; E2E's BLEU is a fraction, the
         WebNLG/DART BLEU is sacrebleu's 0-100, METEOR and TER are fractions, as in the paper's tables)."""
-        from lorakit.train.metrics import nlg
+        from lorakit.metrics import nlg
 
         hyps = [str(p) for p in predictions]
         refs = [list(r["references"]) for r in references]
@@ -262,7 +251,11 @@ def _stop_sequences(tokenizer: Any, stops: Sequence[str]) -> list[list[int]]:
 
 
 def _fast_webnlg(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
-    from lorakit.train.metrics import nlg
+    from lorakit.metrics import nlg
 
     scores = nlg.sacrebleu_scores(hyps, refs)
     return {"BLEU": scores["BLEU"], "TER": scores["TER"] / 100.0}
+
+
+for _name in NLG_TASKS:
+    register_task(_name, functools.partial(NLGTask, _name), config_options=lambda cfg: {"generation": cfg.generation})

@@ -37,6 +37,8 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 
+from lorakit.errors import LorakitError
+
 __all__ = [
     "JavaNotFoundError",
     "MeteorSession",
@@ -224,7 +226,7 @@ def mteval_bleu_nist(hypotheses: Sequence[str], references: Sequence[Sequence[st
 # ---------------------------------------------------------------------------------------------------
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(LorakitError, RuntimeError):
     """A metric needs the ``java`` command (METEOR 1.5, the Stanford PTB tokenizer) and there is none."""
 
 
