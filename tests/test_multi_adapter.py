@@ -10,7 +10,7 @@ import torch
 from helpers import randomize_lora
 
 import lorakit
-from lorakit.adapt import LoraLinear
+from lorakit.lora.manage import LoraLinear
 
 IDS = torch.tensor([[1, 5, 7, 9, 2, 3], [4, 4, 8, 1, 0, 6], [3, 2, 1, 9, 9, 9]])
 
@@ -87,8 +87,8 @@ def test_disable_adapters_gives_the_base_model_and_restores(tiny_gpt2):
 def test_delete_adapter(tiny_gpt2):
     model = two_adapters(tiny_gpt2)
     lorakit.delete_adapter(model, "two")
-    assert lorakit.adapt.adapter_names(model) == ["one"]
-    assert all("two" not in m.lora_A for _, m in lorakit.adapt.lora_modules(model))
+    assert lorakit.lora.manage.adapter_names(model) == ["one"]
+    assert all("two" not in m.lora_A for _, m in lorakit.lora.manage.lora_modules(model))
     with pytest.raises(ValueError, match="unknown adapter name"):
         lorakit.delete_adapter(model, "two")
 
@@ -117,7 +117,7 @@ def test_add_weighted_adapter_bad_input(tiny_gpt2):
         lorakit.add_weighted_adapter(model, ["one", "two"], [1.0], "mix", "cat")
     with pytest.raises(ValueError, match=r"unknown adapter name\(s\) \['three'\]"):
         lorakit.add_weighted_adapter(model, ["one", "three"], [1.0, 1.0], "mix", "cat")
-    assert lorakit.adapt.adapter_names(model) == ["one", "two"]
+    assert lorakit.lora.manage.adapter_names(model) == ["one", "two"]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
@@ -129,7 +129,7 @@ def test_dora_matches_peft_and_trains(fixture, request, tmp_path):
     torch.testing.assert_close(logits(model), logits(base), rtol=1e-4, atol=1e-4)  # starts as the base
     randomize_lora(model)
     with torch.no_grad():
-        for _, m in lorakit.adapt.lora_modules(model):
+        for _, m in lorakit.lora.manage.lora_modules(model):
             m.lora_magnitude_vector["default"].mul_(1.1)
     lorakit.save_adapter(model, tmp_path)
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
@@ -142,7 +142,7 @@ def test_dora_matches_peft_and_trains(fixture, request, tmp_path):
     lorakit.unmerge(model)
     model.train()
     model(input_ids=IDS, labels=IDS).loss.backward()
-    magnitude = next(m for _, m in lorakit.adapt.lora_modules(model)).lora_magnitude_vector["default"]
+    magnitude = next(m for _, m in lorakit.lora.manage.lora_modules(model)).lora_magnitude_vector["default"]
     assert magnitude.grad is not None and magnitude.grad.abs().sum() > 0
 
 
@@ -352,7 +352,7 @@ def test_mixed_batch_reuses_the_row_plan_of_the_same_rows_until_an_adapter_chang
     with lorakit.adapter_batch(model, gathered):
         pass
     assert gathered not in c_attn._adapter_bank.plans
-    monkeypatch.setattr(lorakit.adapt, "PLAN_CACHE_SIZE", 2)  # the oldest plans are dropped first
+    monkeypatch.setattr(lorakit.lora.manage, "PLAN_CACHE_SIZE", 2)  # the oldest plans are dropped first
     for rows in (["one"], ["two"], ["one", "two"]):
         with lorakit.adapter_batch(model, rows):
             pass
@@ -409,7 +409,7 @@ def test_mixed_batch_follows_every_change_of_the_adapters(tiny_gpt2, tmp_path, c
         randomize_lora(model, seed=9)
     else:  # writes through .data do not advance the version counter: clear the banks by hand
         c_attn.lora_A["one"].data.copy_(torch.randn_like(c_attn.lora_A["one"]))
-        lorakit.adapt.clear_adapter_banks(model)
+        lorakit.lora.manage.clear_adapter_banks(model)
     after = mixed_logits(model, rows)
     assert c_attn._adapter_bank is not bank
     same_shapes = change not in ("to float64", "delete and add")  # then the old stacks are rewritten in place
@@ -468,7 +468,7 @@ def test_dora_with_dropout_trains_exactly_like_peft(tiny_gpt2, tmp_path):
     model = lorakit.inject(copy.deepcopy(base), config)
     randomize_lora(model)
     with torch.no_grad():
-        for _, m in lorakit.adapt.lora_modules(model):
+        for _, m in lorakit.lora.manage.lora_modules(model):
             m.lora_magnitude_vector["default"].mul_(1.3)
     lorakit.save_adapter(model, tmp_path)
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path), is_trainable=True)

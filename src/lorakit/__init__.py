@@ -23,7 +23,14 @@ __all__ = [
     "mark_only_lora_as_trainable", "lora_state_dict",
 ]
 
-from .adapt import (  # noqa: E402
+from .io import (  # noqa: E402
+    convert_loralib_checkpoint,
+    hotswap_adapter,
+    load_adapter,
+    load_checkpoint,
+    save_adapter,
+)
+from .lora.manage import (  # noqa: E402
     LoraConfig,
     active_adapters,
     adapter_batch,
@@ -41,13 +48,6 @@ from .adapt import (  # noqa: E402
     trainable_parameters,
     unload,
     unmerge,
-)
-from .io import (  # noqa: E402
-    convert_loralib_checkpoint,
-    hotswap_adapter,
-    load_adapter,
-    load_checkpoint,
-    save_adapter,
 )
 from .methods import (  # noqa: E402
     MethodConfig,

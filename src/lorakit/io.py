@@ -27,7 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .adapt import (
+from .functional import lora_scaling
+from .layers import is_lora_param_name
+from .lora.manage import (
     DEFAULT_ADAPTER,
     LoraConfig,
     LoraConv,
@@ -39,8 +41,6 @@ from .adapt import (
     lora_modules,
     restore_on_error,
 )
-from .functional import lora_scaling
-from .layers import is_lora_param_name
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -438,7 +438,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     Raises :class:`MethodError` before touching the model when the method does not apply (naming the
     module type it needs and what was found) or conflicts with what the model already has.
     """
-    from .adapt import lora_modules
+    from .lora.manage import lora_modules
 
     if cfg.name == "lora":
         raise MethodError("method 'lora' is applied with lorakit.inject(model, LoraConfig(...))")

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import functional as LF
-from .layers import MergeableWeight, is_lora_param_name, validate_lora_args
+from .. import functional as LF
+from ..layers import MergeableWeight, is_lora_param_name, validate_lora_args
 
 try:  # Hugging Face's GPT-2 style linear layer; optional
     from transformers.pytorch_utils import Conv1D as HFConv1D

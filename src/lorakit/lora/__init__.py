@@ -1,0 +1,1 @@
+"""Model surgery: adapt any PyTorch or Hugging Face model with LoRA adapters."""
