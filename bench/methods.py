@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.lora.manage import lora_modules
+from lorakit.lora import lora_modules
 from lorakit.timing import compare_to_base, forward_timings
 from lorakit.train.commands import _load
 from lorakit.train.loop import _seed_everything, build_configured_model

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..layers import BIAS_MODES
+
 __all__ = [
     "ConfigError", "Section", "SCHEMA", "load_config", "validate", "apply_overrides", "defaults",
     "config_diff",
@@ -126,7 +128,7 @@ SCHEMA: dict[str, Field] = {
             help="module names (full dotted name or suffix after a dot) or one regex string",
         ),
         exclude_modules=Field("str_or_str_list", [], help="names never adapted"),
-        bias=Field("str", "none", choices=("none", "all", "lora_only")),
+        bias=Field("str", "none", choices=BIAS_MODES),
         modules_to_save=Field(
             "str_list", [],
             help="modules trained fully and saved with the adapter, besides the task head (the classifier "
