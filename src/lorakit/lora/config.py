@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..layers import BIAS_MODES, validate_lora_args
+from .variants import VARIANTS, Variant
 from .wrappers import LINEAR_TYPES, AdapterError, LoraModule
 
 DEFAULT_ADAPTER = "default"
@@ -67,6 +68,7 @@ class LoraConfig:
         validate_lora_args(self.r, self.lora_alpha, self.lora_dropout, AdapterError)
         if self.r == 0:
             raise AdapterError("LoraConfig.r must be >= 1 (r=0 would add nothing)")
+        self.variant()  # at most one variant flag is set
         if self.bias not in BIAS_MODES:
             raise AdapterError(f"LoraConfig.bias must be one of {BIAS_MODES}, got {self.bias!r}")
         if self.init_lora_weights not in (True, False, "gaussian", "pissa"):
@@ -85,6 +87,14 @@ class LoraConfig:
                     f"LoraConfig.enable_lora[{pattern!r}] must be a list of bools with at least one True, "
                     f"got {flags!r}"
                 )
+
+    def variant(self) -> Variant | None:
+        """The :class:`~lorakit.lora.variants.Variant` this config's flags select (``use_dora``), or None."""
+        chosen = [variant for flag, variant in VARIANTS.items() if getattr(self, flag)]
+        if len(chosen) > 1:
+            raise AdapterError(f"LoraConfig selects {len(chosen)} variants ({', '.join(v.flag for v in chosen)}); "
+                               "choose one")
+        return chosen[0] if chosen else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

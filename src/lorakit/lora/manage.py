@@ -103,13 +103,14 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = DEFAULT_ADA
             raise AdapterError(f"enable_lora applies to linear layers only; {name!r} is {type(module).__name__}")
         wrappers.append((name, wrapper, factory is not None))
     activate = not active_adapters(model)  # as in PEFT: a further adapter is added inactive
+    variant = config.variant()
     added = []
     try:
         for name, wrapper, _ in wrappers:
             wrapper.add_adapter(
                 adapter_name, config.rank_for(name), config.alpha_for(name), config.lora_dropout,
-                config.use_rslora, config.init_lora_weights, config.slices_for(name), config.use_dora,
-                activate=activate,
+                config.use_rslora, config.init_lora_weights, config.slices_for(name), activate=activate,
+                variant=variant,
             )
             added.append(wrapper)
     except Exception:

@@ -7,7 +7,8 @@ Two kinds, each in one table:
   ``"gaussian"`` (A normal with std 1/r) and ``"pissa"`` (principal singular vectors, Meng et al. 2024)
   to one each.
 * a :class:`Variant` changes how an adapter enters its layer: it owns its extra parameters, its update
-  ``delta_matrix`` and its ``forward``. :data:`VARIANTS` holds DoRA (Liu et al. 2024, ``use_dora``).
+  ``delta_matrix`` and its ``forward``. :data:`VARIANTS` holds DoRA (Liu et al. 2024, ``use_dora``);
+  a new variant is a subclass, one entry there and the boolean ``LoraConfig`` field that selects it.
   A wrapper keeps ``variants[adapter]`` only for adapters that have one, so plain LoRA pays one dict
   lookup in ``forward``.
 
@@ -123,13 +124,16 @@ INITS: dict[bool | str, Init] = {True: KAIMING, False: RANDOM, "gaussian": GAUSS
 
 # ============================================================================ variants
 class Variant(Strategy):
-    """How an adapter enters its layer when it is not plain ``W + scaling * B A``.
+    """How an adapter enters its layer when it is not plain ``W + scaling * B A``; ``flag``: the boolean
+    ``LoraConfig`` field that selects it.
 
     ``add`` creates the variant's parameters once A and B exist; ``delta_matrix`` is what the adapter
     adds to W, as (fan_out, fan_in); ``forward`` maps x to the layer's output with this adapter (as the
     first active one), x: (..., fan_in) -> (..., fan_out). An adapter with a variant is active alone or
     first, and is not stacked into mixed-adapter batches or weighted combinations.
     """
+
+    flag = ""
 
     def add(self, module: LoraModule, adapter: str) -> None:
         pass
@@ -146,6 +150,7 @@ class Dora(Variant):
     ``lora_magnitude_vector[adapter]``: (fan_out,), starting at the row norms (the layer starts unchanged)."""
 
     name = "DoRA"
+    flag = "use_dora"
     linear_only = True
     _global_name = "DORA"
 
@@ -217,5 +222,5 @@ class Dora(Variant):
 
 DORA = Dora()
 
-#: The variants, by the ``LoraConfig`` flag that selects them.
-VARIANTS: dict[str, Variant] = {"use_dora": DORA}
+#: The variants, by the boolean ``LoraConfig`` field that selects them.
+VARIANTS: dict[str, Variant] = {variant.flag: variant for variant in (DORA,)}

@@ -112,18 +112,20 @@ class LoraModule(MergeableWeight, nn.Module):
 
     def add_adapter(self, name: str, r: int, lora_alpha: float, dropout: float, use_rslora: bool = False,
                     init: bool | str = True, slices: list[bool] | None = None, use_dora: bool = False,
-                    activate: bool = True) -> None:
-        """Create adapter ``name``: A (r * n_slices, fan_in), B (fan_out[/slices], r), optional DoRA magnitude.
+                    activate: bool = True, variant: Variant | None = None) -> None:
+        """Create adapter ``name``: A (r * n_slices, fan_in), B (fan_out[/slices], r), and what its variant adds.
 
         ``init``: True (A Kaiming-uniform, B zero: the update starts at zero), ``"gaussian"`` (A normal
         with std 1/r), ``"pissa"`` (A, B from the top-r singular triplets of W; W is replaced by the
         residual W - scaling * B A, see Meng et al. 2024) or False (B random too; for tests).
+        ``variant``: a :class:`~lorakit.lora.variants.Variant` (``use_dora=True`` is DoRA's); None: plain LoRA.
         """
         validate_lora_args(r, lora_alpha, dropout, AdapterError)
-        variant = DORA if use_dora else None
+        if variant is None and use_dora:
+            variant = DORA
         if variant is not None and not variant.supports(self, slices):
             raise AdapterError(
-                f"use_dora is supported on whole linear layers (nn.Linear, Conv1D); not on "
+                f"{variant.flag} is supported on whole linear layers (nn.Linear, Conv1D); not on "
                 f"{type(self.base_layer).__name__}{' with enable_lora slices' if slices else ''}"
             )
         strategy = INITS.get(init)
