@@ -65,3 +65,7 @@ __all__ += [
     "load_checkpoint", "convert_loralib_checkpoint", "set_adapter", "active_adapters", "delete_adapter",
     "disable_adapters", "add_weighted_adapter", "adapter_batch", "hotswap_adapter",
 ]
+
+from .losses import LossInputError, causal_lm_loss, count_label_tokens, linear_cross_entropy  # noqa: E402
+
+__all__ += ["linear_cross_entropy", "causal_lm_loss", "count_label_tokens", "LossInputError"]
