@@ -172,7 +172,8 @@ def run_variant(name: str, argv: list[str]) -> dict:
     raise RuntimeError(f"variant {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def report(results: dict[str, dict], args: argparse.Namespace, command: str, loads: tuple[float, float]) -> str:
+def report(results: dict[str, dict], args: argparse.Namespace, command: str, loads: tuple[float, float],
+           revision: str) -> str:
     base = results.get("peft")
     rows = []
     for name, r in results.items():
@@ -182,7 +183,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, command: str, loa
                      f"{mem_ratio:.3f}", f"{time_ratio:.3f}", f"{r['first_loss']:.4f}"])
     table = common.markdown_table(["variant", "peak RSS growth", "step s (median)", "memory / peft",
                                    "time / peft", "loss (warm-up step)"], rows)
-    lines = [f"Command: `{command}`", "", f"Code: lorakit at commit {common.git_revision()}", "",
+    lines = [f"Command: `{command}`", "", f"Code: lorakit at commit {revision}", "",
              f"Machine: {common.describe_machine('cpu', ['transformers', 'peft', 'cut-cross-entropy'])}", "",
              f"Date: {common.today()}; 1-minute load average before / after the run: {loads[0]:.2f} / "
              f"{loads[1]:.2f} (2 cores shared with other jobs: absolute times are inflated and noisy, compare "
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     shape_argv = [f"--{key}={getattr(args, key)}" for key in ("layers", "hidden", "mlp", "vocab", "seq", "batch",
                                                               "steps")]
     log = common.progress_logger()
+    revision = common.git_revision()  # at the start: the code the subprocesses run
     load_before = common.load_average()
     results = {}
     for name in args.variants:
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_variant(name, shape_argv)
         r = results[name]
         log(f"  {name}: {common.format_bytes(r['peak_growth_bytes'])}, step {r['step_s']:.2f} s {r['times']}")
-    body = report(results, args, common.command_line("bench.llm_step", argv), (load_before, common.load_average()))
+    body = report(results, args, common.command_line("bench.llm_step", argv), (load_before, common.load_average()),
+                  revision)
     return common.publish_section(SECTION_TITLE, body, args.update_md)
 
 
