@@ -258,6 +258,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, *, bias
     ``[0, vocab)``, ``chunk_size <= 0`` or an unknown reduction.
     """
     _check_inputs(hidden, weight, labels, bias, label_smoothing, reduction, chunk_size)
+    labels = labels.to(hidden.device)
     if shift:
         hidden, labels = hidden[..., :-1, :], labels[..., 1:]
     used_shape = labels.shape
