@@ -10,7 +10,7 @@ of the chunk's logits (``softmax - one_hot``, a closed form) is multiplied into 
 (and into the weight gradient when the head is trainable); only those ``(tokens, hidden)`` and
 ``(vocab, hidden)`` gradients are kept, and backward scales them by the incoming scalar gradient. So no
 logits are recomputed in backward: the head costs two matmuls per chunk, as many as an unfused frozen
-head. (Recomputing the chunk in backward instead costs a third matmul; ``bench/llm_step.py`` measured
+head. (Recomputing the chunk in backward instead costs a third matmul; ``bench/linear_ce.py`` measured
 both, see BENCHMARKS.md.) ``reduction="none"`` needs a gradient per row that is only known in backward,
 so it recomputes.
 
