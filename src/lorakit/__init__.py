@@ -73,3 +73,7 @@ __all__ += [
 ]
 __all__ += ["LorakitError", "AdapterError", "UnknownAdapterError", "UnsupportedModuleError", "AdapterFileError",
             "AdapterFileNotFoundError"]
+
+from .losses import LossInputError, causal_lm_loss, count_label_tokens, linear_cross_entropy  # noqa: E402
+
+__all__ += ["linear_cross_entropy", "causal_lm_loss", "count_label_tokens", "LossInputError"]
