@@ -78,13 +78,20 @@ def logits(model) -> torch.Tensor:
 
 
 def reference_logits(model: GPT2LMHeadModel, lora: dict[str, torch.Tensor], alpha: float) -> torch.Tensor:
-    """The paper model's outputs: GPT-2 with loralib's q/v slices of c_attn, built with lorakit directly."""
-    ref = lorakit.inject(copy.deepcopy(model), lorakit.LoraConfig(
-        r=RANK, lora_alpha=alpha, target_modules=["c_attn"], enable_lora={"c_attn": [True, False, True]}))
-    missing = ref.load_state_dict({k.replace("lora_A", "lora_A.default").replace("lora_B", "lora_B.default"): v
-                                   for k, v in lora.items()}, strict=False)
-    assert not missing.unexpected_keys
-    return logits(ref)
+    """The paper model's outputs, by loralib's MergedLinear arithmetic merged into GPT-2's weights.
+
+    Its grouped product gives q's update B[:hidden] @ A[:r] and v's B[hidden:] @ A[r:], times alpha / r;
+    GPT-2's c_attn is a Conv1D, its weight (hidden, 3 hidden) holds q, k, v as column blocks.
+    """
+    merged = copy.deepcopy(model)
+    hidden = model.config.n_embd
+    with torch.no_grad():
+        for i, block in enumerate(merged.transformer.h):
+            a = lora[f"transformer.h.{i}.attn.c_attn.lora_A"]
+            b = lora[f"transformer.h.{i}.attn.c_attn.lora_B"]
+            block.attn.c_attn.weight[:, :hidden] += (alpha / RANK) * (b[:hidden] @ a[:RANK]).T
+            block.attn.c_attn.weight[:, 2 * hidden:] += (alpha / RANK) * (b[hidden:] @ a[RANK:]).T
+    return logits(merged)
 
 
 @pytest.mark.parametrize("ddp", [False, True])
