@@ -161,3 +161,23 @@ def test_e2e_metrics_chooses_the_mode():
     with pytest.raises(MetricInputError, match="mteval must be 'perl' or 'python'"):
         e2e_metrics(outputs, refs, mteval="java")
     assert issubclass(MetricInputError, LorakitError) and issubclass(MetricInputError, ValueError)
+
+
+def test_score_command_reports_either_mode(dev_slice, tmp_path):
+    import json
+
+    from lorakit.score import main as score_main
+
+    mrs, groups = dev_slice
+    outputs, refs = build_system("one_line", mrs, groups)
+    with (tmp_path / "refs.csv").open("w", encoding="utf-8", newline="") as f:
+        rows = [(mr, ref) for mr, group in zip(mrs, refs, strict=True) for ref in group]
+        csv.writer(f).writerows([("mr", "ref"), *rows])
+    (tmp_path / "out.txt").write_text("\n".join(outputs) + "\n", encoding="utf-8")
+    (_, perl_nist), (_, python_nist) = OFFICIAL["one_line"]
+    for mode, nist in (("perl", perl_nist), ("python", python_nist)):
+        args = ["e2e", "-r", str(tmp_path / "refs.csv"), "-p", str(tmp_path / "out.txt"), "--e2e-mteval", mode,
+                "--json", str(tmp_path / f"{mode}.json")]
+        assert score_main(args) == 0
+        scores = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert scores["NIST"] == pytest.approx(nist, rel=1e-8), mode
