@@ -453,9 +453,12 @@ def _load_squad(task: str, ref_path: Path, pred_path: Path) -> tuple[Any, dict[s
 
 
 def score_files(
-    task: str, references: str | os.PathLike[str], predictions: str | os.PathLike[str]
+    task: str, references: str | os.PathLike[str], predictions: str | os.PathLike[str], e2e_mteval: str = "perl"
 ) -> ScoreResult:
-    """Read and check both files, then compute ``task``'s metrics. Raises ScoreInputError on bad input."""
+    """Read and check both files, then compute ``task``'s metrics. Raises ScoreInputError on bad input.
+
+    ``e2e_mteval``: E2E BLEU/NIST as the official scorer's default ("perl") or its ``-p`` mode ("python").
+    """
     key = task.strip().lower().replace("-", "")
     key = {"squadv2": "squad_v2", "squad2": "squad_v2"}.get(key, key)
     if key not in TASKS:
@@ -467,7 +470,10 @@ def score_files(
         empty = [i for i, h in enumerate(hyps, start=1) if not h]
         from lorakit.metrics import nlg
 
-        metrics = nlg.e2e_metrics(hyps, groups) if key == "e2e" else nlg.webnlg_metrics(hyps, groups)
+        if key == "e2e":
+            metrics = nlg.e2e_metrics(hyps, groups, mteval=e2e_mteval)
+        else:
+            metrics = nlg.webnlg_metrics(hyps, groups)
         return ScoreResult(key, metrics, len(hyps), empty, unit)
 
     if key in GLUE_TASK_NAMES:
@@ -554,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--references", "-r", required=True, metavar="REF", help="gold file")
     parser.add_argument("--predictions", "-p", required=True, metavar="PRED", help="system output file")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="also write {metric: value} here")
+    parser.add_argument("--e2e-mteval", choices=("perl", "python"), default="perl",
+                        help="E2E BLEU/NIST as the official scorer's default (perl) or its -p mode (python), "
+                        "which the LoRA paper's README runs; they differ on short or repeated outputs")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help (0) or a usage error (2)
@@ -565,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ScoreInputError(
                 f"cannot write --json {json_out}: the directory {json_out.parent} does not exist"
             )
-        result = score_files(args.task, args.references, args.predictions)
+        result = score_files(args.task, args.references, args.predictions, e2e_mteval=args.e2e_mteval)
     except ScoreInputError as exc:
         print(f"lorakit score: error: {exc}", file=sys.stderr)
         return 2
