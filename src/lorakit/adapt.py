@@ -21,6 +21,7 @@ import difflib
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as LF
+from . import quant
 from .layers import MergeableWeight, is_lora_param_name, validate_lora_args
 
 try:  # Hugging Face's GPT-2 style linear layer; optional
@@ -179,7 +181,7 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     """
     skip = set(config.modules_to_save or [])
     all_linear = config.target_modules == "all-linear"
-    linear_types = tuple(t for t in (nn.Linear, HFConv1D) if t is not None)
+    linear_types = (*quant.linear_types(), quant.Linear4bit)
     heads = _output_head_names(model) if all_linear else set()
     names = []
     for name, module in model.named_modules():
@@ -461,6 +463,15 @@ class LoraModule(MergeableWeight, nn.Module):
         weight = self._pretrained_weight() + self.delta_weight()
         return self._forward_with_weight(x, weight)
 
+    def merged_base_layer(self) -> tuple[nn.Module, dict[str, float] | None]:
+        """The base layer with the active updates written into its weight (in place here), and the error that
+        writing added beyond float rounding (None here; see :meth:`LoraLinear4bit.merged_base_layer`)."""
+        base = self.base_layer
+        if self.active_adapters:
+            with torch.no_grad():
+                base.weight.add_(self.delta_weight().to(base.weight.dtype))
+        return base, None
+
     def extra_repr(self) -> str:
         return ", ".join(f"{n}: r={self.rank[n]}, scaling={self.scaling[n]:g}" for n in self.lora_A)
 
@@ -550,6 +561,61 @@ class LoraLinear(LoraModule):
         return base
 
 
+class LoraLinear4bit(LoraLinear):
+    """LoRA around a 4-bit base (:class:`lorakit.quant.Linear4bit`, weight (out, in)): x (..., in) -> (..., out).
+
+    The base output comes from the layer's own weight-free autograd path (the weight dequantized in forward and
+    again in backward, never kept), and each active adapter adds ``scaling * dropout(x) A^T B^T`` computed in
+    the adapter's dtype (the base's compute dtype). ``merge`` keeps a dense merged copy for inference;
+    ``merge_and_unload`` re-quantizes and reports the rounding (:class:`lorakit.quant.QuantizedMergeWarning`).
+    """
+
+    def __init__(self, base_layer: quant.Linear4bit):
+        LoraModule.__init__(self, base_layer)
+        self.fan_in_fan_out = False
+        self.fan_in, self.fan_out = base_layer.in_features, base_layer.out_features
+
+    def _pretrained_weight(self) -> Tensor:
+        """A fresh dequantized copy (out, in) in the compute dtype, for adapter init and merging."""
+        return self._modules["base_layer"].dequantized_weight()
+
+    def add_adapter(self, name: str, r: int, lora_alpha: float, dropout: float, use_rslora: bool = False,
+                    init: bool | str = True, slices: list[bool] | None = None, use_dora: bool = False,
+                    activate: bool = True) -> None:
+        unsupported = [what for what, on in (("use_dora", use_dora), ("init_lora_weights='pissa'", init == "pissa"),
+                                             ("enable_lora slices", bool(slices))) if on]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)} is not supported on a 4-bit (quantized) base layer; "
+                             "use plain LoRA, or adapt the model before quantizing")
+        super().add_adapter(name, r, lora_alpha, dropout, use_rslora, init, slices, use_dora, activate)
+
+    def _forward_with_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        out = F.linear(x.to(weight.dtype), weight, self._modules["base_layer"].bias)
+        return out.to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.row_plan is not None or (self.merged and self.merged_weight is not None):
+            return super().forward(x)
+        out = self._modules["base_layer"](x)
+        for name in self.active_adapters:
+            lora_a, lora_b = self._adapter_tensors(name)
+            x_in = F.dropout(x, self.dropout_p[name], self.training).to(lora_a.dtype)
+            out = out + ((x_in @ lora_a.t()) @ lora_b.t() * self.scaling[name]).to(out.dtype)
+        return out
+
+    def merged_base_layer(self) -> tuple[nn.Module, dict[str, float] | None]:
+        """A new 4-bit layer holding the merged weight re-quantized, and its rounding error against the exact
+        merge (see :func:`lorakit.quant.merge_rounding_error`)."""
+        base = self._modules["base_layer"]
+        if not self.active_adapters:
+            return base, None
+        with torch.no_grad():
+            update = self.delta_weight().float()
+            exact = base.dequantized_weight(torch.float32) + update
+            merged = base.with_weight(exact)
+        return merged, quant.merge_rounding_error(merged, exact, update)
+
+
 class LoraEmbedding(LoraModule):
     """LoRA around ``nn.Embedding``: x (...) int64 -> (..., embedding_dim)."""
 
@@ -615,6 +681,7 @@ WRAPPERS: dict[type, Any] = {
     nn.Conv1d: lambda m, c: LoraConv(m),
     nn.Conv2d: lambda m, c: LoraConv(m),
     nn.Conv3d: lambda m, c: LoraConv(m),
+    quant.Linear4bit: lambda m, c: LoraLinear4bit(m),
 }
 if HFConv1D is not None:
     WRAPPERS[HFConv1D] = _wrap_hf_conv1d
@@ -1105,16 +1172,20 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Write base + active updates into each base layer's weight and put the base layers back.
 
     Returns ``model`` with no LoRA modules left; its outputs equal the adapted model's (within
-    float rounding) at the cost of no extra memory.
+    float rounding) at the cost of no extra memory. A 4-bit base gets its merged weight re-quantized, which
+    rounds it: a :class:`lorakit.quant.QuantizedMergeWarning` reports that error (dequantize first for an
+    exact, dense merge).
     """
+    rounding = {}
     for name, module in list(lora_modules(model)):
-        base = module.base_layer
-        if module.active_adapters:
-            with torch.no_grad():
-                base.weight.add_(module.delta_weight().to(base.weight.dtype))
+        base, error = module.merged_base_layer()
+        if error is not None:
+            rounding[name] = error
         _set_module(model, name, base)
     if hasattr(model, "_lorakit_configs"):
         del model._lorakit_configs
+    if rounding:
+        warnings.warn(quant.QuantizedMergeWarning(rounding), stacklevel=2)
     return model
 
 

@@ -42,7 +42,7 @@ except Exception:  # pragma: no cover - transformers not installed
 
 __all__ = [
     "QuantizationError", "MissingBackendError", "QUANTIZATIONS", "BACKENDS", "default_backend", "Linear4bit",
-    "quantize", "dequantize", "quantized_bytes", "linear_types",
+    "quantize", "dequantize", "quantized_bytes", "linear_types", "QuantizedMergeWarning", "merge_rounding_error",
 ]
 
 #: The quantization names ``quantize`` (and ``model.quantization``) accept.
@@ -276,6 +276,17 @@ class Linear4bit(nn.Module):
         return cls(in_features, out_features, chosen.quantize(weight), chosen.name, compute_dtype or weight.dtype,
                    module.bias)
 
+    def with_weight(self, weight: Tensor) -> Linear4bit:
+        """A new layer like this one (backend, compute dtype, the same bias parameter) holding ``weight``
+        (out_features, in_features) quantized; this layer is left unchanged."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise QuantizationError(f"weight of shape {tuple(weight.shape)} for a 4-bit layer of "
+                                    f"{(self.out_features, self.in_features)}")
+        layer = Linear4bit(self.in_features, self.out_features, BACKENDS[self.backend].quantize(weight),
+                           self.backend, self.compute_dtype)
+        layer.bias = self.bias
+        return layer
+
     def quant_state(self) -> dict[str, Tensor]:
         """The stored tensors by part name (``packed``, ``absmax`` ...), as the backend produced them."""
         return {part: getattr(self, f"weight_{part}") for part in self._parts}
@@ -299,6 +310,33 @@ class Linear4bit(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"backend={self.backend}, compute_dtype={self.compute_dtype}")
+
+
+class QuantizedMergeWarning(UserWarning):
+    """``merge_and_unload`` re-quantized merged weights to NF4. ``errors``: {layer name: {"max_abs_error",
+    "mean_abs_error", "mean_abs_update"}}: the re-quantized merged weight against the exact merge (dequantized
+    base + LoRA update, float32), and the mean size of the update itself for scale."""
+
+    def __init__(self, errors: dict[str, dict[str, float]]):
+        self.errors = errors
+        worst = max(errors, key=lambda name: errors[name]["max_abs_error"])
+        mean_error = sum(e["mean_abs_error"] for e in errors.values()) / len(errors)
+        mean_update = sum(e["mean_abs_update"] for e in errors.values()) / len(errors)
+        super().__init__(
+            f"merge_and_unload re-quantized {len(errors)} merged 4-bit layer(s) to NF4, which rounds the merged "
+            f"weights: against the exact merge (dequantized base + LoRA update) the error is up to "
+            f"{errors[worst]['max_abs_error']:.3g} (in {worst!r}), {mean_error:.3g} on average, while the LoRA "
+            f"updates average {mean_update:.3g} in absolute value. For an exact merge, call "
+            "lorakit.quant.dequantize(model) before merge_and_unload (the merged layers are then dense)."
+        )
+
+
+def merge_rounding_error(merged: Linear4bit, exact: Tensor, update: Tensor) -> dict[str, float]:
+    """The :class:`QuantizedMergeWarning` entry of one layer: ``merged`` (re-quantized) against ``exact``
+    (out, in) float32, and ``update`` (out, in) the LoRA update that was merged."""
+    error = (merged.dequantized_weight(torch.float32) - exact).abs()
+    return {"max_abs_error": error.max().item(), "mean_abs_error": error.mean().item(),
+            "mean_abs_update": update.abs().mean().item()}
 
 
 @functools.cache
