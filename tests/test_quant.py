@@ -150,6 +150,8 @@ def test_quantize_gpt2_conv1d_and_llama_skip_the_head_and_match_the_dequantized_
         out = model(ids).logits
         dense = quant.dequantize(copy.deepcopy(model))
         assert not any(isinstance(m, quant.Linear4bit) for m in dense.modules())
+        assert {type(m).__name__ for n, m in dense.named_modules() if n.endswith(("c_attn", "q_proj"))} == {
+            "Conv1D" if model is tiny_gpt2 else "Linear"}  # the dense layers the model was built with
         torch.testing.assert_close(out, dense(ids).logits)
         assert 0 < (out - reference).abs().max() < 0.2 * reference.abs().max()  # 4-bit error, not garbage
 

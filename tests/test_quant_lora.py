@@ -31,11 +31,11 @@ def _quantized_and_dense(model: nn.Module, backend: str, config: lorakit.LoraCon
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
-def test_lora_on_a_4bit_base_equals_lora_on_its_dequantized_weights(fixture, backend, request):
+@pytest.mark.parametrize("fixture, sliced", [("tiny_llama", False), ("tiny_gpt2", False), ("tiny_gpt2", True)])
+def test_lora_on_a_4bit_base_equals_lora_on_its_dequantized_weights(fixture, sliced, backend, request):
     model = request.getfixturevalue(fixture)
     config = lorakit.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                                bias="lora_only")
+                                bias="lora_only", enable_lora={"c_attn": [True, False, True]} if sliced else {})
     model, dense = _quantized_and_dense(model, backend, config)
     wrappers = [m for m in model.modules() if isinstance(m, LoraLinear4bit)]
     assert len(wrappers) >= 6 and all(isinstance(w.base_layer, quant.Linear4bit) for w in wrappers)
@@ -119,6 +119,23 @@ def test_merge_and_unload_on_a_4bit_base_reports_its_rounding_error(tiny_llama, 
         warnings.simplefilter("error")  # the exact, dense merge warns about nothing
         lorakit.merge_and_unload(dense)
     torch.testing.assert_close(dense(ids).logits, adapted)
+
+
+@pytest.mark.parametrize("fixture, targets", [("tiny_llama", ["q_proj", "down_proj"]), ("tiny_gpt2", ["c_attn"])])
+def test_dequantizing_an_adapted_4bit_model_gives_an_exact_dense_merge(fixture, targets, request):
+    config = lorakit.LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+    model, _ = _quantized_and_dense(request.getfixturevalue(fixture), "bitsandbytes", config)
+    ids = torch.randint(0, 100, (2, 9))
+    adapted = model(ids).logits
+    quant.dequantize(model)  # the wrappers now hold dense bases (nn.Linear, GPT-2's Conv1D) with the dequantized
+    kinds = {type(m.base_layer).__name__ for m in model.modules() if isinstance(m, LoraLinear4bit)}
+    assert kinds == {"Conv1D" if fixture == "tiny_gpt2" else "Linear"}
+    torch.testing.assert_close(model(ids).logits, adapted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lorakit.merge_and_unload(model)
+    assert not any(isinstance(m, quant.Linear4bit) for m in model.modules())
+    torch.testing.assert_close(model(ids).logits, adapted)
 
 
 def _linear_with(weight: torch.Tensor) -> nn.Linear:

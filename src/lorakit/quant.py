@@ -245,13 +245,14 @@ class Linear4bit(nn.Module):
     output cast back to the input's dtype. The bias (out_features,), if any, is an ordinary parameter in
     ``compute_dtype`` (frozen unless made trainable). The quantized state is in buffers named
     ``weight_<part>`` (see the backend classes); :meth:`dequantized_weight` gives (out_features, in_features).
+    ``from_conv1d``: quantized from a Hugging Face ``Conv1D``, which :meth:`to_dense` gives back.
     """
 
     def __init__(self, in_features: int, out_features: int, state: dict[str, Tensor], backend: str,
-                 compute_dtype: torch.dtype, bias: Tensor | None = None):
+                 compute_dtype: torch.dtype, bias: Tensor | None = None, from_conv1d: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.backend, self.compute_dtype = backend, compute_dtype
+        self.backend, self.compute_dtype, self.from_conv1d = backend, compute_dtype, from_conv1d
         self._parts = tuple(state)
         for part, tensor in state.items():
             self.register_buffer(f"weight_{part}", tensor)
@@ -274,7 +275,7 @@ class Linear4bit(nn.Module):
         chosen = _resolve_backend(backend, weight.device)
         out_features, in_features = weight.shape
         return cls(in_features, out_features, chosen.quantize(weight), chosen.name, compute_dtype or weight.dtype,
-                   module.bias)
+                   module.bias, from_conv1d=not isinstance(module, nn.Linear))
 
     def with_weight(self, weight: Tensor) -> Linear4bit:
         """A new layer like this one (backend, compute dtype, the same bias parameter) holding ``weight``
@@ -283,9 +284,28 @@ class Linear4bit(nn.Module):
             raise QuantizationError(f"weight of shape {tuple(weight.shape)} for a 4-bit layer of "
                                     f"{(self.out_features, self.in_features)}")
         layer = Linear4bit(self.in_features, self.out_features, BACKENDS[self.backend].quantize(weight),
-                           self.backend, self.compute_dtype)
+                           self.backend, self.compute_dtype, from_conv1d=self.from_conv1d)
         layer.bias = self.bias
         return layer
+
+    def to_dense(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """The dense layer this one stands for, holding the dequantized weight in ``dtype`` (default
+        ``compute_dtype``): an ``nn.Linear``, or a ``Conv1D`` (weight (in, out)) if quantized from one. Its
+        parameters are frozen except a bias that trains here."""
+        weight = self.dequantized_weight(dtype)
+        if self.from_conv1d:  # Conv1D(nf=out, nx=in), always with a bias
+            dense, weight = HFConv1D(self.out_features, self.in_features), weight.t()
+        else:
+            dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        dense.to(weight.device, weight.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(weight)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        dense.requires_grad_(False)
+        if self.bias is not None:
+            dense.bias.requires_grad = self.bias.requires_grad
+        return dense
 
     def quant_state(self) -> dict[str, Tensor]:
         """The stored tensors by part name (``packed``, ``absmax`` ...), as the backend produced them."""
@@ -398,21 +418,12 @@ def quantize(model: nn.Module, quantization: str = "nf4", *, compute_dtype: torc
 
 
 def dequantize(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every :class:`Linear4bit` of ``model`` by an ``nn.Linear`` holding its dequantized weight (in
-    ``dtype``, default the layer's compute dtype), in place; return ``model``. A merge on the result is exact."""
+    """Replace every :class:`Linear4bit` of ``model`` by the dense layer it stands for (:meth:`Linear4bit.to_dense`:
+    ``nn.Linear`` or ``Conv1D``, the dequantized weight in ``dtype``, default the layer's compute dtype), in place;
+    return ``model``. On a LoRA-adapted model a merge afterwards is exact."""
     for name, module in list(model.named_modules()):
         if isinstance(module, Linear4bit) and name:
-            weight = module.dequantized_weight(dtype)
-            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                              device=weight.device, dtype=weight.dtype)
-            with torch.no_grad():
-                dense.weight.copy_(weight)
-                if module.bias is not None:
-                    dense.bias.copy_(module.bias)
-            dense.requires_grad_(False)
-            if module.bias is not None:
-                dense.bias.requires_grad = module.bias.requires_grad
-            _set_module(model, name, dense)
+            _set_module(model, name, module.to_dense(dtype))
     return model
 
 

@@ -65,10 +65,12 @@ def test_unwrap_returns_the_model_under_a_module_wrapper_and_a_plain_model_as_it
     assert unwrap(holder) is holder
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one_process(tmp_path, kit, strategy):
-    # on the CPU (gloo), also on a GPU machine: two processes need not have two GPUs
-    sections = dict(training={"max_steps": 4, "checkpoint_every": 2, "batch_size": 8, "strategy": strategy,
+@pytest.mark.parametrize("strategy, quantization", [("ddp", None), ("fsdp", None), ("fsdp", "nf4")])
+def test_two_processes_match_one_process(tmp_path, kit, strategy, quantization):
+    # on the CPU (gloo), also on a GPU machine: two processes need not have two GPUs. With nf4 (QLoRA), FSDP
+    # shards the LoRA and dense parameters and each process holds the whole 4-bit base (its codes are buffers)
+    sections = dict(model={"quantization": quantization},
+                    training={"max_steps": 4, "checkpoint_every": 2, "batch_size": 8, "strategy": strategy,
                               "device": "cpu"},
                     evaluation={"every": 4, "average_last": 2},
                     data={"max_eval_examples": 31})  # odd: the last process gets a padded shard
