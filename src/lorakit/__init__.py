@@ -56,6 +56,7 @@ from .methods import (  # noqa: E402
     drop_reparameterization,
 )
 from .methods import apply_method as apply_baseline  # noqa: E402
+from .quant import Linear4bit, dequantize, quantize  # noqa: E402
 
 __all__ += ["MethodConfig", "MethodError", "apply_baseline", "count_parameters", "drop_reparameterization"]
 
@@ -65,3 +66,4 @@ __all__ += [
     "load_checkpoint", "convert_loralib_checkpoint", "set_adapter", "active_adapters", "delete_adapter",
     "disable_adapters", "add_weighted_adapter", "adapter_batch", "hotswap_adapter",
 ]
+__all__ += ["quantize", "dequantize", "Linear4bit"]
