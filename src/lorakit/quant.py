@@ -17,9 +17,10 @@ Backends (:data:`BACKENDS`), each quantizing and dequantizing with the library's
 
 ``backend="auto"`` takes bitsandbytes on CPU and CUDA when it is installed (on this project's CPU it
 dequantizes about 10x faster than torchao: BENCHMARKS.md, ``bench/quant.py``) and torchao otherwise. The
-quantized state lives in plain tensors (uint8/int8 codes, and float32 statistics stored as their int32 bits
-so that ``model.to(dtype)`` cannot round them), registered as buffers: ``state_dict`` round-trips them, and
-FSDP keeps them out of sharding (each process holds the whole 4-bit layer).
+quantized state lives in plain tensors: the uint8/int8 codes as frozen parameters (so FSDP's ``fully_shard``
+shards them across processes like the dense parameters, and gathers them for forward and backward), and the
+few float32 statistics as buffers holding their int32 bits (so that ``model.to(dtype)`` cannot round them).
+``state_dict`` round-trips all of them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
 QUANTIZATIONS = ("nf4",)
 BLOCK_SIZE = 64  # weights per absmax block (QLoRA's choice)
 SCALE_BLOCK_SIZE = 256  # absmax values per block of the second (double) quantization
+CODE_PARTS = ("packed", "absmax")  # the per-weight and per-block codes: all but a few bytes of a 4-bit layer
 
 
 class QuantizationError(LorakitError, ValueError):
@@ -243,8 +245,10 @@ class Linear4bit(nn.Module):
 
     The input is cast to ``compute_dtype``, multiplied with the weight dequantized in that dtype, and the
     output cast back to the input's dtype. The bias (out_features,), if any, is an ordinary parameter in
-    ``compute_dtype`` (frozen unless made trainable). The quantized state is in buffers named
-    ``weight_<part>`` (see the backend classes); :meth:`dequantized_weight` gives (out_features, in_features).
+    ``compute_dtype`` (frozen unless made trainable). The quantized state is in tensors named ``weight_<part>``
+    (see the backend classes): the codes (``weight_packed``, ``weight_absmax``: uint8/int8) are frozen parameters,
+    which FSDP shards and gathers like any other, the few float statistics are buffers.
+    :meth:`dequantized_weight` gives (out_features, in_features).
     ``from_conv1d``: quantized from a Hugging Face ``Conv1D``, which :meth:`to_dense` gives back.
     """
 
@@ -255,7 +259,10 @@ class Linear4bit(nn.Module):
         self.backend, self.compute_dtype, self.from_conv1d = backend, compute_dtype, from_conv1d
         self._parts = tuple(state)
         for part, tensor in state.items():
-            self.register_buffer(f"weight_{part}", tensor)
+            if part in CODE_PARTS:  # frozen parameters, so that FSDP shards them (it leaves buffers whole)
+                self.register_parameter(f"weight_{part}", nn.Parameter(tensor, requires_grad=False))
+            else:
+                self.register_buffer(f"weight_{part}", tensor)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(compute_dtype), requires_grad=False)
 
     @classmethod
@@ -428,7 +435,8 @@ def dequantize(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
 
 
 def quantized_bytes(model: nn.Module) -> tuple[int, int]:
-    """(bytes stored by the 4-bit layers' quantized weights, bytes of the same weights in bf16)."""
+    """(bytes stored by the 4-bit layers' quantized weights, bytes of the same weights in bf16). The codes count
+    as parameters in ``model.parameters()``: a uint8 of ``weight_packed`` holds two weights."""
     stored = dense = 0
     for module in model.modules():
         if isinstance(module, Linear4bit):
