@@ -12,7 +12,7 @@ between forward and backward only the 4-bit codes are held.
 
 Backends (:data:`BACKENDS`), each quantizing and dequantizing with the library's own functions:
 
-* ``"bitsandbytes"`` (pip ``bitsandbytes``): CUDA kernels, and native CPU kernels from 0.44 on.
+* ``"bitsandbytes"`` (pip ``bitsandbytes``): CUDA kernels, and native CPU kernels (tested with 0.50).
 * ``"torchao"`` (pip ``torchao``): ``NF4Tensor``, pure PyTorch, so it runs on any device PyTorch runs on.
 
 ``backend="auto"`` takes bitsandbytes on CPU and CUDA when it is installed (on this project's CPU it
