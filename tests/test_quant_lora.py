@@ -12,7 +12,7 @@ from torch import nn
 
 import lorakit
 from lorakit import quant
-from lorakit.adapt import LoraLinear4bit
+from lorakit.qlora import LoraLinear4bit
 
 BACKENDS = list(quant.BACKENDS)
 

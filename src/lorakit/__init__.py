@@ -23,6 +23,7 @@ __all__ = [
     "mark_only_lora_as_trainable", "lora_state_dict",
 ]
 
+from . import qlora  # noqa: E402,F401  (registers the LoRA wrapper of 4-bit layers in inject's WRAPPERS)
 from .adapt import (  # noqa: E402
     LoraConfig,
     active_adapters,
