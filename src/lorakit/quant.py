@@ -339,7 +339,7 @@ class Linear4bit(nn.Module):
                 f"backend={self.backend}, compute_dtype={self.compute_dtype}")
 
 
-class QuantizedMergeWarning(UserWarning):
+class QuantizedMergeWarning(LorakitError, UserWarning):
     """``merge_and_unload`` re-quantized merged weights to NF4. ``errors``: {layer name: {"max_abs_error",
     "mean_abs_error", "mean_abs_update"}}: the re-quantized merged weight against the exact merge (dequantized
     base + LoRA update, float32), and the mean size of the update itself for scale."""
