@@ -62,6 +62,7 @@ from .methods import (  # noqa: E402
     drop_reparameterization,
 )
 from .methods import apply_method as apply_baseline  # noqa: E402
+from .quant import Linear4bit, dequantize, quantize  # noqa: E402
 
 __all__ += ["MethodConfig", "MethodError", "apply_baseline", "count_parameters", "drop_reparameterization"]
 
@@ -77,3 +78,4 @@ __all__ += ["LorakitError", "AdapterError", "UnknownAdapterError", "UnsupportedM
 from .losses import LossInputError, causal_lm_loss, count_label_tokens, linear_cross_entropy  # noqa: E402
 
 __all__ += ["linear_cross_entropy", "causal_lm_loss", "count_label_tokens", "LossInputError"]
+__all__ += ["quantize", "dequantize", "Linear4bit"]

@@ -28,6 +28,8 @@ import re
 
 import pytest
 from helpers import need, shared_data
+
+from lorakit.errors import LorakitError
 from lorakit.metrics.nlg import (
     MetricInputError,
     e2e_metrics,
@@ -35,8 +37,6 @@ from lorakit.metrics.nlg import (
     mteval_bleu_nist,
     pymteval_bleu_nist,
 )
-
-from lorakit.errors import LorakitError
 
 E2E_DEV = shared_data() / "e2e" / "devset.csv"
 

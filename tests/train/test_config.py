@@ -68,6 +68,17 @@ def test_cross_field_rules(kit):
     assert "exactly one of name_or_path" in problems["$.model"]
 
 
+def test_model_quantization_is_nf4_or_null_and_needs_method_lora(kit):
+    assert kit.tiny_config().model.quantization is None
+    assert kit.tiny_config(model={"quantization": "nf4"}).model.quantization == "nf4"
+    with pytest.raises(ConfigError) as info:
+        validate(kit.tiny_raw_config(model={"quantization": "int3"}))
+    assert "'nf4'" in dict(info.value.problems)["$.model.quantization"]
+    with pytest.raises(ConfigError) as info:
+        validate(kit.tiny_raw_config(model={"quantization": "nf4"}, method={"name": "full"}))
+    assert "method 'lora' only, not 'full'" in dict(info.value.problems)["$.model.quantization"]
+
+
 def test_set_overrides_any_field_and_parses_json(kit):
     raw = kit.tiny_raw_config()
     out = apply_overrides(raw, ["training.max_steps=3", "method.target_modules=[\"query\"]",

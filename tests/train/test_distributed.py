@@ -65,10 +65,20 @@ def test_unwrap_returns_the_model_under_a_module_wrapper_and_a_plain_model_as_it
     assert unwrap(holder) is holder
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one_process(tmp_path, kit, strategy):
-    # on the CPU (gloo), also on a GPU machine: two processes need not have two GPUs
-    sections = dict(training={"max_steps": 4, "checkpoint_every": 2, "batch_size": 8, "strategy": strategy,
+def test_fsdp_shards_the_4bit_codes_and_matches_one_process():
+    """QLoRA under FSDP2: each of 2 processes holds half of each layer's 4-bit codes; loss and LoRA gradients
+    equal one process's (the script asserts both)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    _run(_torchrun() + ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                        str(Path(__file__).with_name("fsdp_nf4_probe.py"))], env)
+
+
+@pytest.mark.parametrize("strategy, quantization", [("ddp", None), ("fsdp", None), ("fsdp", "nf4")])
+def test_two_processes_match_one_process(tmp_path, kit, strategy, quantization):
+    # on the CPU (gloo), also on a GPU machine: two processes need not have two GPUs. With nf4 (QLoRA), FSDP
+    # shards the 4-bit codes (frozen uint8 parameters) too, and gathers them for each block's forward and backward
+    sections = dict(model={"quantization": quantization},
+                    training={"max_steps": 4, "checkpoint_every": 2, "batch_size": 8, "strategy": strategy,
                               "device": "cpu"},
                     evaluation={"every": 4, "average_last": 2},
                     data={"max_eval_examples": 31})  # odd: the last process gets a padded shard

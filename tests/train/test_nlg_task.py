@@ -214,21 +214,25 @@ def test_methods_that_do_not_fit_a_language_model_are_refused(tmp_path, method, 
     assert not (tmp_path / "run").exists()
 
 
-def test_export_writes_a_merged_model_that_from_pretrained_reads(tmp_path, tok):
+@pytest.mark.parametrize("quantization", [None, "nf4"])
+def test_export_writes_a_merged_model_that_from_pretrained_reads(tmp_path, tok, quantization):
     """``lorakit export``: a LoRA run folded into a plain GPT-2 folder gives the same logits as the run's
-    model, and the folder can start a new run (``model.name_or_path``)."""
+    model, and the folder can start a new run (``model.name_or_path``). A QLoRA run's 4-bit base is
+    dequantized for that (the exact merge)."""
     from transformers import AutoModelForCausalLM
 
     from lorakit.train.commands import export_main
     from lorakit.train.finished_run import load_run
     from lorakit.train.loop import train
 
-    cfg = validate(_raw(tmp_path, training={"max_steps": 2, "checkpoint_every": 2}))
+    cfg = validate(_raw(tmp_path, model={"quantization": quantization},
+                        training={"max_steps": 2, "checkpoint_every": 2}))
     train(cfg, tmp_path / "run", echo=lambda _m: None)
     assert export_main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
     assert not any("lora" in n for n, _ in plain.named_parameters())
     adapted = load_run(cfg, tmp_path / "run", None, None, None, with_data=False).model.eval()
+    assert any(type(m).__name__ == "Linear4bit" for m in adapted.modules()) == (quantization == "nf4")
     ids = torch.tensor([tok("name[The Vaults], eatType[pub]\n")["input_ids"]])
     on_device = adapted(ids.to(next(adapted.parameters()).device)).logits.cpu()  # the run's device: GPU if any
     torch.testing.assert_close(plain(ids).logits, on_device, rtol=1e-4, atol=1e-4)

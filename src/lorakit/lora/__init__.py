@@ -31,6 +31,7 @@ from .manage import (
     unmerge,
 )
 from .mixed_batch import AdapterBank, RowPlan, adapter_batch, clear_adapter_banks
+from .qlora import LoraLinear4bit  # registers the wrapper of 4-bit layers in WRAPPERS
 from .variants import INITS, VARIANTS, Init, Variant
 from .wrappers import (
     LINEAR_TYPES,
@@ -55,4 +56,5 @@ __all__ = [
     "INITS", "VARIANTS", "Init", "Variant",
     "AdapterError", "UnknownAdapterError", "UnsupportedModuleError",
     "LINEAR_TYPES", "WRAPPERS", "LoraConv", "LoraEmbedding", "LoraLinear", "LoraModule", "wrapper_factory",
+    "LoraLinear4bit",
 ]

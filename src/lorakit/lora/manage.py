@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import quant
 from ..layers import is_lora_param_name
 from .config import DEFAULT_ADAPTER, LoraConfig, find_targets, in_modules
 from .wrappers import (
@@ -301,16 +302,20 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Write base + active updates into each base layer's weight and put the base layers back.
 
     Returns ``model`` with no LoRA modules left; its outputs equal the adapted model's (within
-    float rounding) at the cost of no extra memory.
+    float rounding) at the cost of no extra memory. A 4-bit base gets its merged weight re-quantized, which
+    rounds it: a :class:`lorakit.quant.QuantizedMergeWarning` reports that error (dequantize first for an
+    exact, dense merge).
     """
+    rounding = {}
     for name, module in list(lora_modules(model)):
-        base = module.base_layer
-        if module.active_adapters:
-            with torch.no_grad():
-                base.weight.add_(module.delta_weight().to(base.weight.dtype))
+        base, error = module.merged_base_layer()
+        if error is not None:
+            rounding[name] = error
         set_module(model, name, base)
     if hasattr(model, "_lorakit_configs"):
         del model._lorakit_configs
+    if rounding:
+        warnings.warn(quant.QuantizedMergeWarning(rounding), stacklevel=2)
     return model
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as LF
+from .. import quant
 from ..errors import LorakitError
 from ..layers import MergeableWeight, validate_lora_args
 from .variants import DORA, INITS, Init, Variant
@@ -54,7 +55,8 @@ class UnsupportedModuleError(LorakitError, TypeError):
 
 
 #: The module types ``target_modules="all-linear"`` selects.
-LINEAR_TYPES: tuple[type, ...] = tuple(t for t in (nn.Linear, HFConv1D) if t is not None)
+# the layers "all-linear" selects: dense linear layers and their 4-bit form (QLoRA, wrapped in lora/qlora.py)
+LINEAR_TYPES: tuple[type, ...] = (*(t for t in (nn.Linear, HFConv1D) if t is not None), quant.Linear4bit)
 
 
 class LoraModule(MergeableWeight, nn.Module):
@@ -252,6 +254,15 @@ class LoraModule(MergeableWeight, nn.Module):
     def _forward_unmerged(self, x: Tensor) -> Tensor:
         weight = self._pretrained_weight() + self.delta_weight()
         return self._forward_with_weight(x, weight)
+
+    def merged_base_layer(self) -> tuple[nn.Module, dict[str, float] | None]:
+        """The base layer with the active updates written into its weight (in place here), and the error that
+        writing added beyond float rounding (None here; a 4-bit base reports it: ``lora/qlora.py``)."""
+        base = self.base_layer
+        if self.active_adapters:
+            with torch.no_grad():
+                base.weight.add_(self.delta_weight().to(base.weight.dtype))
+        return base, None
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}: r={self.rank[n]}, scaling={self.scaling[n]:g}" for n in self.lora_A)

@@ -97,11 +97,24 @@ def build_configured_model(cfg: Section, task: Any = None, with_method: bool = T
     reproducible random parts."""
     task = task if task is not None else task_from_config(cfg)
     model = build_model(cfg.model, task.num_labels, task.model_kind)
+    if cfg.model.quantization:
+        quantize_base(model, cfg)
     if with_method:
         apply_configured_method(model, cfg)
     if cfg.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model
+
+
+def quantize_base(model: nn.Module, cfg: Section) -> None:
+    """``model.quantization``: the frozen linear layers to 4-bit (``lorakit.quant.quantize``), except the task head
+    and ``method.modules_to_save``, which train."""
+    from lorakit import quant
+
+    try:
+        quant.quantize(model, cfg.model.quantization, skip=list(cfg.method.modules_to_save) + head_names(model, cfg))
+    except (quant.QuantizationError, quant.MissingBackendError) as err:
+        raise TrainingError(f"model.quantization: {err}") from None
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> list[str]:

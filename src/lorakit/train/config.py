@@ -118,6 +118,11 @@ SCHEMA: dict[str, Field] = {
                  "checkpoint folder of another run whose LoRA weights, and the head when its shape matches, "
                  "initialise this run before training (the paper's MNLI -> MRPC/RTE/STS-B)",
         ),
+        quantization=Field(
+            "str", None, nullable=True, choices=("nf4",),  # lorakit.quant.QUANTIZATIONS
+            help="'nf4': store the frozen linear weights in 4-bit NF4 (QLoRA; method 'lora' only; the head and "
+                 "method.modules_to_save stay dense); null: keep them as loaded",
+        ),
     ),
     "method": _section(
         "how the model is fine-tuned: 'lora' (adapters; pretrained weights frozen), 'full' (every "
@@ -436,6 +441,9 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
                 problems.append(("$.model.architecture.model_type",
                                  "required: the transformers model type, e.g. 'bert'"))
     meth = cfg.get("method")
+    if isinstance(m, dict) and m.get("quantization") and isinstance(meth, dict) and meth.get("name") != "lora":
+        problems.append(("$.model.quantization", f"4-bit weights are frozen: quantization trains with method 'lora' "
+                                                 f"only, not {meth.get('name')!r}; set it to null"))
     if isinstance(meth, dict) and isinstance(meth.get("name"), str):
         name = meth["name"]
         if name != "lora" and meth.get("bias") not in (None, "none"):

@@ -84,8 +84,10 @@ def export_workdir(cfg: Section, workdir: str | Path, out_dir: str | Path, *, ch
                             f"is a {cfg.task.name} {cfg.method.name} run (use its workdir/adapter instead)")
     model = run.model
     if cfg.method.name == "lora":
-        from lorakit import merge_and_unload
+        from lorakit import merge_and_unload, quant
 
+        if cfg.model.quantization:  # a plain Hugging Face folder needs dense weights: dequantize, then merge exactly
+            quant.dequantize(model)
         model = merge_and_unload(model)
     tokenizer = load_tokenizer(cfg.model)
     tmp = out.with_name(out.name + ".partial")
