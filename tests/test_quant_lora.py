@@ -7,12 +7,12 @@ import warnings
 
 import pytest
 import torch
-from lorakit.lora.qlora import LoraLinear4bit
 from safetensors.torch import load_file
 from torch import nn
 
 import lorakit
 from lorakit import quant
+from lorakit.lora.qlora import LoraLinear4bit
 
 BACKENDS = list(quant.BACKENDS)
 
