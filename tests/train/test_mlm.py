@@ -181,3 +181,23 @@ def test_missing_corpus_file_is_a_clear_data_error(tmp_path):
         get_task("mlm_hutter").load("train", tmp_path)
     with pytest.raises(DataError, match=str(tmp_path)):
         get_task("mlm_wikitext103").load("valid", tmp_path)
+
+
+def test_lm_corpora_prepare_from_a_local_zip_and_name_a_missing_file(tmp_path, capsys):
+    import zipfile
+
+    from lorakit.data_prepare import PrepareError, prepare
+
+    text = need(WIKITEXT / "valid.txt").read_text(encoding="utf-8")[:5000]
+    archive = tmp_path / "wikitext-103-v1.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for split in ("train", "valid", "test"):
+            zf.writestr(f"wikitext-103/wiki.{split}.tokens", text)
+    out = prepare("wikitext103", tmp_path / "data", archive, say=print)
+    assert out == tmp_path / "data" / "wikitext-103" and "no pinned checksum; sha256" in capsys.readouterr().out
+    assert len(get_task("mlm_wikitext103").load("valid", out)) > 10  # the task reads the prepared folder
+    with zipfile.ZipFile(tmp_path / "wrong.zip", "w") as zf:
+        zf.writestr("enwik9.txt", "not the file")
+    with pytest.raises(PrepareError, match="enwik9 not found"):
+        prepare("hutter", tmp_path / "data2", tmp_path / "wrong.zip", say=print)
+    assert not (tmp_path / "data2" / "hutter" / "enwik9").exists()
