@@ -18,7 +18,9 @@ QQP from GLUE's ``QQP-clean.zip``, QNLI from ``QNLIv2.zip``; MRPC's train/dev sp
 ``DIR/nq/simplified-nq-train.jsonl.gz``, ``DIR/nq/nq-dev-all.jsonl.gz``; SuperGLUE ``DIR/BoolQ/train.jsonl`` ...;
 E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.csv``; WebNLG
 ``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
-``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``). The NLG folders are then read with
+``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``); LM corpora (from mattmahoney.net/dc
+and the WikiText release zip, digests printed, not pinned) ``DIR/enwik8/enwik8``, ``DIR/text8/text8``,
+``DIR/hutter/enwik9``, ``DIR/wikitext-103/wiki.{train,valid,test}.tokens``. The NLG folders are then read with
 :mod:`lorakit.data.nlg` (a file that does not parse stops the command); a DART folder given with
 ``--from`` may hold only some splits.
 """
@@ -71,6 +73,10 @@ _NQ = "https://storage.googleapis.com/natural_questions/v1.0-simplified/"
 _E2E = "https://raw.githubusercontent.com/tuetschek/e2e-dataset/ab0d967dd5729ce455ef14ba9ffafc456a335264/"
 # The official WebNLG dataset repository (GitHub copies such as fuzihaofzh/webnlg-dataset hold the same files).
 _WEBNLG = "https://gitlab.com/shimorina/webnlg-dataset/-/raw/master/webnlg_challenge_2017/"
+# Matt Mahoney's site, the canonical home of enwik8/enwik9 (Hutter Prize) and text8
+_HUTTER = "http://mattmahoney.net/dc/"
+# Salesforce's (MetaMind) original WikiText release location
+_WIKITEXT = "https://s3.amazonaws.com/research.metamind.io/wikitext/"
 _DART = "https://raw.githubusercontent.com/Yale-LILY/dart/bb644b12ec1d0264f96a31145534b9a94f6ff5f5/data/v1.1.1/"
 
 # WebNLG 2017 challenge train/dev XML files: "split n-triples category sha256"; the file is
@@ -240,6 +246,13 @@ SOURCES: dict[str, Source] = {
                     {"train.jsonl": None, "val.jsonl": None, "test.jsonl": None})
        for name, folder in (("boolq", "BoolQ"), ("cb", "CB"), ("copa", "COPA"), ("superglue_rte", "RTE"),
                             ("wic", "WiC"), ("wsc", "WSC"), ("multirc", "MultiRC"), ("record", "ReCoRD"))},
+    # Language-model corpora (masked/causal LM tasks). Not pinned: no digest could be verified here (no
+    # internet); the command prints each file's SHA-256 so that a run can record and pin it.
+    "enwik8": Source("enwik8", {"enwik8.zip": _HUTTER + "enwik8.zip"}, {"enwik8": None}),
+    "text8": Source("text8", {"text8.zip": _HUTTER + "text8.zip"}, {"text8": None}),
+    "hutter": Source("hutter", {"enwik9.zip": _HUTTER + "enwik9.zip"}, {"enwik9": None}),
+    "wikitext103": Source("wikitext-103", {"wikitext-103-v1.zip": _WIKITEXT + "wikitext-103-v1.zip"},
+                          {f"wiki.{split}.tokens": None for split in ("train", "valid", "test")}),
     "e2e": Source("e2e", {name: _E2E + name for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv",
                                                           "testset.csv")},
                   {"trainset.csv": "f27d48df45815288ab15619d47a79028c300fbb7f42e373668aba0b98c1d57c6",

@@ -98,3 +98,28 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def note_new_mlm_head(model: Any, missing_keys: Any) -> None:
+    """After loading a masked LM: if the checkpoint had no MLM head (an encoder such as all-MiniLM-L6-v2,
+    saved as a bare ``BertModel``), the head was built new; make sure its decoder is tied to the word
+    embeddings (``(vocab, hidden)``, shared), list the new modules that must train in ``model.lorakit_new_head``
+    (the transform; the decoder is the embedding) and leave a note in ``model.lorakit_load_notes`` that the
+    run log prints. A checkpoint with its head loads unchanged."""
+    output = model.get_output_embeddings()
+    # the head's top-level module: "cls" (BERT: cls.predictions.decoder), "lm_head" (RoBERTa: lm_head.decoder)
+    decoder = next(name for name, module in model.named_modules() if module is output)
+    head_missing = [k for k in missing_keys if k.split(".")[0] == decoder.split(".")[0]]
+    if not head_missing:
+        return
+    # the new modules that must train with every method: all but the decoder (tied) and its parents
+    new_modules = {k.rsplit(".", 1)[0] for k in head_missing}
+    model.lorakit_new_head = sorted(m for m in new_modules if not (decoder + ".").startswith(m + "."))
+    embeddings = model.get_input_embeddings()
+    if output.weight is not embeddings.weight:
+        output.weight = embeddings.weight  # tie: the decoder reads the word embeddings
+    notes = list(getattr(model, "lorakit_load_notes", []))
+    notes.append(f"the checkpoint has no masked-LM head ({', '.join(sorted(head_missing)[:3])} missing): "
+                 f"built a new {type(model).__name__} head, its decoder tied to the word embeddings "
+                 f"({tuple(embeddings.weight.shape)}), its transform randomly initialised")
+    model.lorakit_load_notes = notes

@@ -28,10 +28,10 @@ def test_cut_keep_last_keeps_the_final_special_token():
 
 
 def test_every_registered_task_is_a_task_with_the_defaults_filled_in():
-    assert TASKS == tuple(TASK_REGISTRY) and len(TASKS) == 28
+    assert TASKS == tuple(TASK_REGISTRY) and len(TASKS) == 36
     for name in TASKS:
         task = get_task(name)
-        assert isinstance(task, Task) and task.model_kind in ("classifier", "causal_lm"), name
+        assert isinstance(task, Task) and task.model_kind in ("classifier", "causal_lm", "masked_lm"), name
         assert task.main_metric in task.reported_metrics(), name
     with pytest.raises(ValueError, match="registered twice"):
         register_task("cola", lambda **_: None)

@@ -36,6 +36,9 @@ Corpora (:func:`read_corpus`), ``layout``:
     their own (a character cut by a split boundary) are kept as one character each (``surrogateescape``;
     the tokenizer sees U+FFFD) and still count as one byte each, so ``n_bytes`` is exactly the split size.
     The literature's "enwik8 bpc" is bits per byte: our ``bpb``.
+``hutter``
+    enwik9, the Hutter Prize file: the first 10^9 bytes of the same dump, one file ``enwik9``; read as
+    enwik8, split by byte offsets 900M / 50M / 50M (lorakit's convention, enwik8's proportions).
 ``text8``
     The first 10^8 characters of cleaned Wikipedia text (one line of lowercase words, ``a-z`` and space),
     one file ``text8``; the standard split is by characters: 90M / 5M / 5M.
@@ -71,9 +74,10 @@ __all__ = [
 ]
 
 LN2 = math.log(2.0)
-LAYOUTS = ("wikitext", "enwik8", "text8", "text")
+LAYOUTS = ("wikitext", "enwik8", "hutter", "text8", "text")
 SPLITS = ("train", "valid", "test")
 ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)  # bytes: train, valid, test
+ENWIK9_SPLIT = (900_000_000, 50_000_000, 50_000_000)  # bytes: train, valid, test (hutter)
 TEXT8_SPLIT = (90_000_000, 5_000_000, 5_000_000)  # characters
 TEXT_SPLIT_FRACTION = (0.9, 0.05, 0.05)  # characters
 _SPLIT_ALIASES = {"dev": "valid", "validation": "valid", "val": "valid", "eval": "valid"}
@@ -181,13 +185,15 @@ def read_corpus(path: str | Path, layout: str, split: str = "test", *, split_siz
         else:
             raise CorpusError(f"corpus not found: {path}")
         return Corpus(_read_text_file(file), layout, split, str(file))
-    if layout == "enwik8":
-        file = _single_file(path, ("enwik8", "enwik8.txt"), layout)
+    if layout in ("enwik8", "hutter"):
+        stem = "enwik8" if layout == "enwik8" else "enwik9"
+        file = _single_file(path, (stem, f"{stem}.txt"), layout)
         try:
             raw = file.read_bytes()
         except OSError as exc:
             raise CorpusError(f"cannot read {file}: {exc}") from None
-        part, where = _offset_split(raw, split_sizes or ENWIK8_SPLIT, split, file, "bytes")
+        default_sizes = ENWIK8_SPLIT if layout == "enwik8" else ENWIK9_SPLIT
+        part, where = _offset_split(raw, split_sizes or default_sizes, split, file, "bytes")
         return Corpus(part.decode("utf-8", "surrogateescape"), layout, split, f"{file}{where}")
     if layout == "text8":
         file = _single_file(path, ("text8", "text8.txt"), layout)

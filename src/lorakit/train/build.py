@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lorakit.pretrained import from_pretrained
+from lorakit.pretrained import from_pretrained, note_new_mlm_head
 
 from ..lora.config import in_modules
 from . import checkpoint as ckpt
@@ -75,20 +75,23 @@ class SequenceClassifier(nn.Module):
 def build_model(model_cfg: Section, num_labels: int, kind: str = "classifier") -> nn.Module:
     """The pretrained (``name_or_path``) or randomly initialised (``architecture``) model of a task kind:
     ``"classifier"``: the encoder plus a pooling step and a linear head (:class:`SequenceClassifier`);
-    ``"causal_lm"``: a causal language model with its own LM head (``AutoModelForCausalLM``, e.g. GPT-2)."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    ``"causal_lm"``: a causal language model with its own LM head (``AutoModelForCausalLM``, e.g. GPT-2);
+    ``"masked_lm"``: a masked LM (``AutoModelForMaskedLM``: :func:`lorakit.pretrained.load_masked_lm`)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
     if kind not in MODEL_KINDS:
         raise TrainingError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
     if kind == "causal_lm":
         return _load_transformer(model_cfg, AutoModelForCausalLM, {})
+    if kind == "masked_lm":
+        return _load_transformer(model_cfg, AutoModelForMaskedLM, {"output_loading_info": True})
     with_pooler = model_cfg.pooling == "pooler"
     encoder = _load_transformer(model_cfg, AutoModel, {"add_pooling_layer": with_pooler})
     hidden = getattr(encoder.config, "hidden_size", None) or encoder.config.d_model
     return SequenceClassifier(encoder, hidden, num_labels, model_cfg.pooling, model_cfg.classifier_dropout)
 
 
-MODEL_KINDS = ("classifier", "causal_lm")
+MODEL_KINDS = ("classifier", "causal_lm", "masked_lm")
 
 
 def build_configured_model(cfg: Section, task: Any = None, with_method: bool = True) -> nn.Module:
@@ -170,15 +173,21 @@ def _load_transformer(model_cfg: Section, auto_class: Any, optional: dict[str, A
             raise ModelLoadError(f"model.architecture: cannot build a model from it: {err}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return from_pretrained(lambda path, **kw: make(lambda **k2: auto_class.from_pretrained(path, **kw, **k2)),
-                                model_cfg.name_or_path, "model")
+        loaded = from_pretrained(lambda path, **kw: make(lambda **k2: auto_class.from_pretrained(path, **kw, **k2)),
+                                 model_cfg.name_or_path, "model")
+    if isinstance(loaded, tuple):  # (model, loading info): output_loading_info=True
+        model, info = loaded
+        note_new_mlm_head(model, info.get("missing_keys", ()))
+        return model
+    return loaded
 
 
 def head_names(model: nn.Module, cfg: Section) -> list[str]:
     """The task head that trains with every method: the classifier (and the pooler when pooling reads it);
-    none for a language model (its LM head is the pretrained, usually tied, embedding)."""
+    for a language model only a head built new at load (:func:`lorakit.pretrained.note_new_mlm_head`: a
+    masked-LM transform); its pretrained LM head is the (usually tied) embedding."""
     if not isinstance(model, SequenceClassifier):
-        return []
+        return list(getattr(model, "lorakit_new_head", ()))
     return ["classifier"] + (["pooler"] if cfg.model.pooling == "pooler" else [])
 
 

@@ -131,6 +131,8 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     # 2. model: seeded build, then the fine-tuning method decides what trains
     seed_everything(cfg.training.seed, cfg.training.deterministic)
     model = build_configured_model(cfg, task)
+    for note in getattr(model, "lorakit_load_notes", ()):  # e.g. a masked-LM head built new
+        say(note)
     init_info = init_from_run(model, cfg, say) if cfg.model.init_from is not None else None
     task.check_model(model)  # e.g. sequences longer than the model's positions
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -187,6 +189,7 @@ def fit(run: Run) -> float:
         step = state.step
         indices = _batch_indices(step, len(run.train_set), cfg.training.batch_size, cfg.training.seed, epoch_cache)
         length = _random_length(cfg, step)
+        task.start_step(step)  # collate's random choices (MLM masks) follow (seed, step)
         mine = indices[dinfo.rank * run.micro * accum:(dinfo.rank + 1) * run.micro * accum]  # this process's part
         step_loss, tokens = _forward_backward(model, task, [run.train_set[i] for i in mine], run.micro, length,
                                               run.scaler, run.amp_dtype, dinfo)

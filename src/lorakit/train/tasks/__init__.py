@@ -22,10 +22,11 @@ from .nq import NQTask
 from .superglue import SuperGlueTask
 from .nlg import NLGTask
 from .lm import LMTask
+from .mlm import MLMTask
 # isort: on
 
-__all__ = ["DataError", "GlueTask", "LMTask", "NLGTask", "NQTask", "SquadTask", "SuperGlueTask", "Task", "TASKS",
-           "get_task", "register_task", "task_from_config"]
+__all__ = ["DataError", "GlueTask", "LMTask", "MLMTask", "NLGTask", "NQTask", "SquadTask", "SuperGlueTask", "Task",
+           "TASKS", "get_task", "register_task", "task_from_config"]
 
 TASKS: tuple[str, ...] = task_names()
 
@@ -45,7 +46,8 @@ def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Task:
     """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``, ``qqp``, ``mnli``,
     ``mnli_mm``, ``qnli``, ``squad``, ``squad_v2``, ``nq`` (option ``keep_html``), SuperGLUE ``boolq``, ``cb``,
     ``copa``, ``superglue_rte``, ``wic``, ``wsc``, ``multirc``, ``record``; NLG ``e2e``, ``webnlg``, ``dart`` (option
-    ``generation``); language modelling ``wikitext``, ``enwik8``, ``text8``, ``text`` (option ``stride``))."""
+    ``generation``); language modelling ``wikitext``, ``wikitext103``, ``enwik8``, ``hutter``, ``text8``, ``text``
+    (option ``stride``); masked-LM ``mlm_<corpus>`` for each of those (option ``seed``, ``mask_prob``))."""
     entry = TASK_REGISTRY.get(_canonical(name))
     if entry is None:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")

@@ -83,6 +83,12 @@ class Task(ABC):
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         """The dev metrics of ``predictions`` against the items' ``label`` values."""
 
+    def start_step(self, step: int) -> None:
+        """Called by the training loop before the collates of optimizer step ``step`` (0-based), so that random
+        choices made in ``collate`` (masked-LM masks) are a function of (seed, step) and a resumed run repeats
+        them exactly. Default: nothing."""
+        return None
+
     def check_model(self, model: nn.Module) -> None:
         """Raise ``DataError`` before training when the encoded data cannot run on ``model`` (e.g. sequences
         beyond its positions). Default: every model fits."""

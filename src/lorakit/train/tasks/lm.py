@@ -1,4 +1,5 @@
-"""Causal language-model fine-tuning tasks on plain-text corpora: ``wikitext``, ``enwik8``, ``text8``, ``text``.
+"""Causal language-model fine-tuning tasks on plain-text corpora: ``wikitext``, ``wikitext103``, ``enwik8``,
+``hutter`` (enwik9), ``text8``, ``text``.
 
 The corpus layouts (files, standard splits, what is counted) are those of :mod:`lorakit.metrics.lm`.
 The data folder (``data.dir``) holds the corpus; ``split`` is ``train``, ``valid`` (alias ``dev``, the
@@ -50,7 +51,9 @@ class LMTaskSpec:
 
 LM_TASKS: dict[str, LMTaskSpec] = {
     "wikitext": LMTaskSpec("wikitext", "wikitext", "ppl", words=True),
+    "wikitext103": LMTaskSpec("wikitext103", "wikitext", "ppl", words=True),
     "enwik8": LMTaskSpec("enwik8", "enwik8", "bpb"),
+    "hutter": LMTaskSpec("hutter", "hutter", "bpb"),
     "text8": LMTaskSpec("text8", "text8", "bpc"),
     "text": LMTaskSpec("text", "text", "bpc"),
 }
@@ -237,11 +240,11 @@ class LMTask(Task):
 
 
 def get_lm_task(name: str, label_smoothing: float = 0.0, **options: Any) -> LMTask:
-    """An LM task by name: ``wikitext``, ``enwik8``, ``text8``, ``text``. Options: ``stride`` (evaluation
-    windows, tokens), ``add_bos``, ``split_sizes`` (enwik8 bytes / text8 characters), ``split_fraction``
-    (text)."""
+    """An LM task by name: ``wikitext``, ``wikitext103``, ``enwik8``, ``hutter``, ``text8``, ``text``. Options:
+    ``stride`` (evaluation windows, tokens), ``add_bos``, ``split_sizes`` (enwik8 bytes / text8 characters),
+    ``split_fraction`` (text)."""
     key = name.lower().replace("-", "").replace("_", "")
-    key = {"wikitext2": "wikitext", "wikitext103": "wikitext", "tinyshakespeare": "text",
+    key = {"wikitext2": "wikitext", "enwik9": "hutter", "tinyshakespeare": "text",
            "shakespeare": "text"}.get(key, key)
     if key not in LM_TASKS:
         raise ValueError(f"unknown LM task {name!r}; known: {', '.join(LM_TASKS)}")
