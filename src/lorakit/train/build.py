@@ -183,6 +183,9 @@ def apply_configured_method(model: nn.Module, cfg: Section) -> None:
         for name, p in model.named_parameters():
             p.requires_grad = any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in head)
         return
+    if m.name == "prune":
+        _apply_pruning(model, cfg, tuple(head))
+        return
     if m.name != "lora":
         _apply_baseline(model, cfg, tuple(head))
         return
@@ -200,6 +203,20 @@ def apply_configured_method(model: nn.Module, cfg: Section) -> None:
         inject(model, lcfg)
     except (ValueError, TypeError) as err:
         raise TrainingError(f"method: cannot apply LoRA to this model: {err}") from None
+
+
+def _apply_pruning(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> None:
+    """``prune``: every weight trains, and a :class:`lorakit.pruning.MagnitudePruner` (kept as
+    ``model.lorakit_pruner``; ``setup_run`` attaches it to the optimizer) zeroes the smallest encoder weights."""
+    from lorakit.pruning import MagnitudePruner, PruningError
+
+    m = cfg.method
+    for p in model.parameters():
+        p.requires_grad = True
+    try:
+        model.lorakit_pruner = MagnitudePruner(model, m.sparsity, m.prune_schedule, head=head or ("lm_head",))
+    except PruningError as err:
+        raise TrainingError(f"method: {err}") from None
 
 
 def _apply_baseline(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> None:

@@ -123,7 +123,7 @@ SCHEMA: dict[str, Field] = {
         "weight trains), 'head_only' (only the classification head trains) or one of the LoRA paper's "
         "baselines: 'ft_top2' (last two blocks + head), 'bitfit' (biases + head), 'adapter_houlsby', "
         "'adapter_pfeiffer', 'prefix_embed', 'prefix_layer' (see lorakit.methods; LoRA + BitFit is 'lora' "
-        "with bias 'all')",
+        "with bias 'all'), 'prune' (magnitude pruning of the encoder's linear weights, then fine-tuning)",
         name=Field("str", "lora", choices=("lora", *(m for m in METHODS if m != "lora")),
                    help="the fine-tuning method; the baselines are described in docs/experiments.md, "
                         "section 'Baselines of the LoRA paper'"),
@@ -155,6 +155,14 @@ SCHEMA: dict[str, Field] = {
             help="prefix_layer: hidden size of the reparameterisation MLP used in training and dropped "
                  "after; null trains the prefix activations directly",
         ),
+        sparsity=Field("float", 0.5, min=0.0, max=1.0, max_exclusive=True,
+                       help="prune: the fraction of each encoder weight matrix set to zero (by magnitude)"),
+        prune_schedule=Field("str", "one_shot", choices=("one_shot", "gradual"),
+                             help="prune: all at once before training, or gradually (cubic schedule of Zhu & "
+                                  "Gupta) up to prune_end; the remaining weights fine-tune throughout"),
+        prune_end=Field("float", 0.5, min=0.0, max=1.0, min_exclusive=True,
+                        help="prune, gradual: the fraction of the training steps after which the target "
+                             "sparsity is reached"),
     ),
     "task": _section(
         "what is learned",
