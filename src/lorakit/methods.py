@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 METHODS = ("full", "head_only", "ft_top2", "bitfit", "adapter_houlsby", "adapter_pfeiffer", "prefix_embed",
-           "prefix_layer", "lora", "prune")
+           "prefix_layer", "lora", "prune", "distill")
 
 
 class MethodError(ValueError):

@@ -37,6 +37,7 @@ from .build import (
     build_configured_model,
     build_optimizer,
     build_scheduler,
+    distilling_task,
     init_from_run,
     load_tokenizer,
     parameter_counts,
@@ -127,6 +128,9 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     dev_set = load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
     micro = _micro_batch_size(cfg, dinfo, len(train_set))
     _check_metric_name(cfg, task, task.reported_metrics())  # a typo in evaluation.metric fails now
+
+    if cfg.method.name == "distill":  # before the seeded build: loading the teacher reseeds
+        task = distilling_task(task, cfg, say)
 
     # 2. model: seeded build, then the fine-tuning method decides what trains
     seed_everything(cfg.training.seed, cfg.training.deterministic)

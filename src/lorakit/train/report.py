@@ -106,6 +106,8 @@ def method_label(cfg: dict[str, Any]) -> str:
             "adapter_houlsby": f"Adapter-H (m={size})", "adapter_pfeiffer": f"Adapter-P (m={size})",
             "prefix_embed": f"PreEmbed (l_p={prefix}, l_i={method.get('infix_length', 0)})",
             "prefix_layer": f"PreLayer (l_p={prefix})",
+            "distill": f"Distillation ({method.get('student_layers') or 'all'} layers, "
+                       f"T={method.get('temperature', 2.0):g})",
             "prune": f"Pruning (s={method.get('sparsity', 0.5):g}, {method.get('prune_schedule', 'one_shot')})",
             }.get(name, name)
 
