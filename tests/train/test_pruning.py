@@ -86,21 +86,8 @@ def test_run_reports_stored_nonzero_and_masks_survive_resume(tmp_path, kit, monk
                     evaluation={"every": 5, "average_last": 1, "baseline": False})
     straight = kit.run(kit.tiny_config(**sections), tmp_path / "straight")
 
-    from lorakit.train import run_dir
-
-    calls = {"n": 0}
-    real_save = run_dir.save_state
-
-    def crash_after_second_checkpoint(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_dir, "save_state", crash_after_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
+    with kit.crash_after_checkpoints(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         kit.run(kit.tiny_config(**sections), tmp_path / "resumed")
-    monkeypatch.setattr(run_dir, "save_state", real_save)
     at_six = ckpt.load_model_state(ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").path)
     kit.run(kit.tiny_config(**sections), tmp_path / "resumed")
     a, b = kit.tensors(tmp_path / "straight"), kit.tensors(tmp_path / "resumed")
