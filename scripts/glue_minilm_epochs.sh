@@ -9,9 +9,9 @@ py=${PYTHON:-python}
 # task:steps per epoch (train examples / batch size of configs/glue/minilm_<task>_*.json)
 for spec in mrpc:230 stsb:360 cola:268; do
   task=${spec%%:*}; per_epoch=${spec##*:}
-  $py main.py --config "configs/glue/minilm_${task}_lora.json" --data "$glue" \
+  $py main.py --config "configs/glue/minilm_${task}_lora_smoke.json" --data "$glue" \
     --workdir "$runs/${task}_lora_4ep_s0" --set training.seed=0 --set training.max_steps=$((4 * per_epoch))
-  $py main.py --config "configs/glue/minilm_${task}_full.json" --data "$glue" \
+  $py main.py --config "configs/glue/minilm_${task}_full_smoke.json" --data "$glue" \
     --workdir "$runs/${task}_full_3ep_s0" --set training.seed=0 --set training.max_steps=$((3 * per_epoch))
 done
 $py -m lorakit.cli report "$runs" --out "$runs/report"

@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 METHODS = ("full", "head_only", "ft_top2", "bitfit", "adapter_houlsby", "adapter_pfeiffer", "prefix_embed",
-           "prefix_layer", "lora")
+           "prefix_layer", "lora", "prune", "distill")
 
 
 class MethodError(LorakitError, ValueError):

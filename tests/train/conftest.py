@@ -3,6 +3,7 @@ the repository's quickstart data, small slices of the shared GLUE data."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -81,6 +82,27 @@ def glue_data() -> Path:
     return GLUE_DATA
 
 
+@contextlib.contextmanager
+def crash_after_checkpoints(monkeypatch, n: int):
+    """Inside the block, the ``n``-th checkpoint a run writes is followed by a KeyboardInterrupt (a crash)."""
+    from lorakit.train import run_dir
+
+    calls = {"n": 0}
+    real_save = run_dir.save_state
+
+    def crash_after_nth(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_dir, "save_state", crash_after_nth)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(run_dir, "save_state", real_save)
+
+
 @pytest.fixture
 def kit():
     """The helpers above, for tests (``kit.tiny_config(...)``, ``kit.run(cfg, workdir)`` ...)."""
@@ -89,7 +111,7 @@ def kit():
     return SimpleNamespace(
         tiny_config=tiny_config, tiny_raw_config=tiny_raw_config, write_config=write_config, run=run_quiet,
         tensors=trainable_tensors, REPO=REPO, QUICKSTART_DATA=QUICKSTART_DATA, MINILM=MINILM,
-        TINY_BERT=TINY_BERT,
+        TINY_BERT=TINY_BERT, crash_after_checkpoints=crash_after_checkpoints,
     )
 
 

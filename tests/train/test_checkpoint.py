@@ -104,21 +104,8 @@ def test_interrupted_run_resumes_to_identical_parameters(tmp_path, kit, monkeypa
                     evaluation={"every": 5, "average_last": 1})
     straight = kit.run(kit.tiny_config(**sections), tmp_path / "straight")
 
-    from lorakit.train import run_dir
-
-    calls = {"n": 0}
-    real_save = run_dir.save_state
-
-    def crash_after_second_checkpoint(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_dir, "save_state", crash_after_second_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
+    with kit.crash_after_checkpoints(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         kit.run(kit.tiny_config(**sections), tmp_path / "resumed")
-    monkeypatch.setattr(run_dir, "save_state", real_save)
     assert ckpt.latest_checkpoint(tmp_path / "resumed" / "checkpoints").step == 6
     resumed = kit.run(kit.tiny_config(**sections), tmp_path / "resumed")  # same config: automatic resume
     a, b = kit.tensors(tmp_path / "straight"), kit.tensors(tmp_path / "resumed")

@@ -41,7 +41,7 @@ def test_every_problem_is_listed_once_with_its_json_path(kit):
     assert text.startswith("9 problems in the config in my.json:")
     assert "$.optimizer.lrr: unknown key (did you mean 'lr'?)" in text
     assert "$.method.name: must be one of ['lora', 'full', 'head_only', 'ft_top2', 'bitfit'," in text
-    assert "'prefix_layer'], got 'lora2' (did you mean 'lora'?)" in text
+    assert "'prefix_layer', 'prune', 'distill'], got 'lora2' (did you mean 'lora'?)" in text
     assert "$.training.batch_size: must be an integer >= 1, got 0" in text
     assert "exceeds data.max_length=32" in text
 

@@ -206,6 +206,20 @@ def apply_configured_method(model: nn.Module, cfg: Section) -> None:
         for name, p in model.named_parameters():
             p.requires_grad = in_modules(name, head)
         return
+    if m.name == "distill":  # the student: the first student_layers blocks; every weight trains
+        if m.student_layers is not None:
+            from lorakit.distill import DistillError, keep_first_layers
+
+            try:
+                keep_first_layers(model, m.student_layers)
+            except DistillError as err:
+                raise TrainingError(f"method: {err}") from None
+        for p in model.parameters():
+            p.requires_grad = True
+        return
+    if m.name == "prune":
+        _apply_pruning(model, cfg, tuple(head))
+        return
     if m.name != "lora":
         _apply_baseline(model, cfg, tuple(head))
         return
@@ -223,6 +237,42 @@ def apply_configured_method(model: nn.Module, cfg: Section) -> None:
         inject(model, lcfg)
     except (ValueError, TypeError) as err:
         raise TrainingError(f"method: cannot apply LoRA to this model: {err}") from None
+
+
+def _apply_pruning(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> None:
+    """``prune``: every weight trains, and a :class:`lorakit.pruning.MagnitudePruner` (kept as
+    ``model.lorakit_pruner``; ``setup_run`` attaches it to the optimizer) zeroes the smallest encoder weights."""
+    from lorakit.pruning import MagnitudePruner, PruningError
+
+    m = cfg.method
+    for p in model.parameters():
+        p.requires_grad = True
+    try:
+        model.lorakit_pruner = MagnitudePruner(model, m.sparsity, m.prune_schedule, head=head or ("lm_head",))
+    except PruningError as err:
+        raise TrainingError(f"method: {err}") from None
+
+
+def distilling_task(task: Any, cfg: Section, say: Callable[[str], None] = print) -> Any:
+    """``distill``: ``task`` with its training loss against the teacher run ``method.teacher`` (checked against
+    the task's label space before anything is loaded)."""
+    from lorakit.distill import DistillError, DistillingTask, check_label_space
+    from lorakit.train.config import ConfigError, load_config
+    from lorakit.train.finished_run import load_run
+
+    teacher_dir = Path(cfg.method.teacher)
+    try:
+        tcfg = load_config(teacher_dir / "config.json")
+    except (OSError, ConfigError) as err:
+        raise TrainingError(f"method.teacher: {teacher_dir} is not a finished lorakit run ({err})") from None
+    try:
+        check_label_space(task_from_config(tcfg).num_labels, task.num_labels, str(teacher_dir), task.name)
+        teacher = load_run(tcfg, teacher_dir, None, None, None, with_data=False).model
+        say(f"distill: teacher {teacher_dir} ({sum(p.numel() for p in teacher.parameters()):,} parameters), "
+            f"T={cfg.method.temperature:g}, alpha={cfg.method.distill_alpha:g}")
+        return DistillingTask(task, teacher, cfg.method.temperature, cfg.method.distill_alpha)
+    except DistillError as err:
+        raise TrainingError(str(err)) from None
 
 
 def _apply_baseline(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> None:

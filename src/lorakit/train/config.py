@@ -129,7 +129,8 @@ SCHEMA: dict[str, Field] = {
         "weight trains), 'head_only' (only the classification head trains) or one of the LoRA paper's "
         "baselines: 'ft_top2' (last two blocks + head), 'bitfit' (biases + head), 'adapter_houlsby', "
         "'adapter_pfeiffer', 'prefix_embed', 'prefix_layer' (see lorakit.methods; LoRA + BitFit is 'lora' "
-        "with bias 'all')",
+        "with bias 'all'), 'prune' (magnitude pruning of the encoder's linear weights, then fine-tuning), "
+        "'distill' (a student with fewer blocks learns from the labels and from a teacher run)",
         name=Field("str", "lora", choices=("lora", *(m for m in METHODS if m != "lora")),
                    help="the fine-tuning method; the baselines are described in docs/experiments.md, "
                         "section 'Baselines of the LoRA paper'"),
@@ -161,6 +162,23 @@ SCHEMA: dict[str, Field] = {
             help="prefix_layer: hidden size of the reparameterisation MLP used in training and dropped "
                  "after; null trains the prefix activations directly",
         ),
+        sparsity=Field("float", 0.5, min=0.0, max=1.0, max_exclusive=True,
+                       help="prune: the fraction of each encoder weight matrix set to zero (by magnitude)"),
+        prune_schedule=Field("str", "one_shot", choices=("one_shot", "gradual"),
+                             help="prune: all at once before training, or gradually (cubic schedule of Zhu & "
+                                  "Gupta) up to prune_end; the remaining weights fine-tune throughout"),
+        prune_end=Field("float", 0.5, min=0.0, max=1.0, min_exclusive=True,
+                        help="prune, gradual: the fraction of the training steps after which the target "
+                             "sparsity is reached"),
+        teacher=Field("str", None, nullable=True,
+                      help="distill: the teacher, a finished run's workdir (its latest checkpoint) of the same task"),
+        student_layers=Field("int", None, nullable=True, min=1,
+                             help="distill: the student keeps the first N transformer blocks of model.name_or_path "
+                                  "(null: all of them)"),
+        temperature=Field("float", 2.0, min=0.0, min_exclusive=True,
+                          help="distill: softmax temperature T of the soft targets (the KL term is scaled by T^2)"),
+        distill_alpha=Field("float", 0.5, min=0.0, max=1.0,
+                            help="distill: weight of the teacher term; 1 - distill_alpha weighs the task loss"),
     ),
     "task": _section(
         "what is learned",
@@ -454,6 +472,8 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
             problems.append(("$.method.prefix_length", f"prefix_layer needs prefix_length >= 1, got {lp}"))
         if name == "prefix_embed" and _is_int(lp) and _is_int(li) and lp + li < 1:
             problems.append(("$.method.prefix_length", "prefix_embed needs prefix_length + infix_length >= 1"))
+        if name == "distill" and not isinstance(meth.get("teacher"), str):
+            problems.append(("$.method.teacher", "distill needs a teacher: the workdir of a finished run of this task"))
     d = cfg.get("data")
     if isinstance(d, dict) and isinstance(d.get("random_length"), list):
         lo, hi = d["random_length"]

@@ -37,6 +37,7 @@ from .build import (
     build_configured_model,
     build_optimizer,
     build_scheduler,
+    distilling_task,
     init_from_run,
     load_tokenizer,
     parameter_counts,
@@ -128,6 +129,9 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     micro = _micro_batch_size(cfg, dinfo, len(train_set))
     _check_metric_name(cfg, task, task.reported_metrics())  # a typo in evaluation.metric fails now
 
+    if cfg.method.name == "distill":  # before the seeded build: loading the teacher reseeds
+        task = distilling_task(task, cfg, say)
+
     # 2. model: seeded build, then the fine-tuning method decides what trains
     seed_everything(cfg.training.seed, cfg.training.deterministic)
     model = build_configured_model(cfg, task)
@@ -146,6 +150,7 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     # 4. device, precision, processes; optimizer over the trainable parameters only
     amp_dtype = autocast_dtype(cfg.training.precision, dinfo.device, say)
     model.to(dinfo.device)
+    pruner = getattr(model, "lorakit_pruner", None)
     model = D.wrap(model, dinfo, cfg.training.strategy)  # DDP / FSDP under torchrun, else as is
     steps_per_epoch = len(train_set) // cfg.training.batch_size  # the incomplete tail of an epoch is skipped
     total_steps = cfg.training.max_steps or max(1, math.ceil(cfg.training.epochs * steps_per_epoch))
@@ -158,6 +163,10 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     if start_from is not None:
         state = run_dir.restore_state(Path(start_from), model, optimizer, scheduler, scaler, dinfo, trainable)
         say(f"resuming from {start_from} (step {state.step} of {total_steps})")
+    if pruner is not None:  # method prune: masked gradients, re-zeroed and re-pruned after every step
+        pruner.end_step = max(1, round(cfg.method.prune_end * total_steps))
+        pruner.resume(state.step)
+        pruner.attach(optimizer)
     log = RunLogger(workdir, cfg.logging, enabled=dinfo.is_main, resume_step=state.step)
     say(f"{task.name}: {len(train_set)} train / {len(dev_set)} dev examples; {cfg.method.name}: "
         f"{params['trainable']:,} of {params['total']:,} parameters train ({params['percent']:.3f}%); "
@@ -244,7 +253,7 @@ def finish(run: Run, t_start: float, train_time: float) -> dict[str, Any]:
         "main_metric": _main_metric(cfg, run.task), "steps": state.step, "total_steps": run.total_steps,
         "stopped_early": state.stopped_early, "baseline": state.baseline, "final": final, "averaged": averaged,
         "best": {"step": state.best_step, "value": state.best_metric}, "init_from": run.init_info,
-        "parameters": run.params,
+        "parameters": _with_stored_count(run.params, run.model, cfg),
         "adapter_bytes": run_dir.file_size(kept[-1].path, ckpt.MODEL_FILE) if kept else None,
         "wall_time_s": time.time() - t_start, "train_time_s": train_time,
         "world_size": dinfo.world_size, "device": dinfo.device.type, "versions": run_dir.versions(),
@@ -283,6 +292,15 @@ class _Window:
         """The ``metrics.jsonl`` line of a train log: mean loss, learning rate, throughput, epoch."""
         return {"step": step, "split": "train", "loss": self.loss / self.n, "lr": lr,
                 "tokens_per_s": self.tokens / max(time.time() - self.t, 1e-9), "epoch": step / max(steps_per_epoch, 1)}
+
+
+def _with_stored_count(params: dict[str, Any], model: nn.Module, cfg: Section) -> dict[str, Any]:
+    """``prune`` runs add ``stored_nonzero``: the parameters a sparse copy of the final model stores."""
+    if cfg.method.name != "prune":
+        return params
+    from lorakit.pruning import nonzero_parameters
+
+    return {**params, "stored_nonzero": nonzero_parameters(model)}
 
 
 def _stop_on_nonfinite(run: Run, step_loss: float, step: int) -> None:

@@ -59,6 +59,7 @@ class RunRecord:
     command: str
     extra: dict[str, Any] = field(default_factory=dict)
     after_training: int | None = None  # trainable without the head once training-only parts are dropped
+    stored: int | None = None  # parameters a task stores: non-zero ones for pruning, else n/a
 
     @property
     def trainable_without_head(self) -> int | None:
@@ -104,7 +105,11 @@ def method_label(cfg: dict[str, Any]) -> str:
     return {"full": "full FT", "head_only": "head only", "ft_top2": "FT-Top2", "bitfit": "BitFit",
             "adapter_houlsby": f"Adapter-H (m={size})", "adapter_pfeiffer": f"Adapter-P (m={size})",
             "prefix_embed": f"PreEmbed (l_p={prefix}, l_i={method.get('infix_length', 0)})",
-            "prefix_layer": f"PreLayer (l_p={prefix})"}.get(name, name)
+            "prefix_layer": f"PreLayer (l_p={prefix})",
+            "distill": f"Distillation ({method.get('student_layers') or 'all'} layers, "
+                       f"T={method.get('temperature', 2.0):g})",
+            "prune": f"Pruning (s={method.get('sparsity', 0.5):g}, {method.get('prune_schedule', 'one_shot')})",
+            }.get(name, name)
 
 
 def _checkpoint_counts(workdir: Path, pooling: str) -> tuple[int, int] | None:
@@ -169,6 +174,7 @@ def read_run(workdir: str | Path) -> RunRecord:
         value=float("nan") if value is None else float(value), trainable=trainable, head=head,
         adapter=adapter, encoder=encoder, wall_time_s=res.get("wall_time_s"), steps=res.get("steps"),
         command=_command(workdir, cfg), after_training=params.get("after_training"),
+        stored=params.get("stored_nonzero"),
         extra={"batch_size": (cfg.get("training") or {}).get("batch_size"),
                "max_length": (cfg.get("data") or {}).get("max_length"),
                "lr": (cfg.get("optimizer") or {}).get("lr")},
@@ -311,14 +317,15 @@ def markdown_report(summary: Summary) -> str:
     if scaled:
         notes.append(f"Metrics of {', '.join(scaled)} are fractions in the run files, shown ×100.")
     lines += notes
-    lines += ["", "| task | method | seed | metric | dev | trainable (with head) | trainable (no head) | steps | "
-              "wall time | command |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| task | method | seed | metric | dev | trainable (with head) | trainable (no head) | stored "
+              "(non-zero) | steps | wall time | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary.runs, key=lambda r: (summary.tasks.index(r.task), summary.methods.index(r.method),
                                                    r.seed)):
         wall = "n/a" if r.wall_time_s is None else f"{r.wall_time_s / 60:.1f} min"
         no_head = "n/a" if r.trainable_without_head is None else f"{r.trainable_without_head:,}"
+        stored = "n/a" if r.stored is None else f"{r.stored:,}"
         lines.append(f"| {r.task} | {r.method} | {r.seed} | {r.metric} | {r.value * summary.scale[r.task]:.2f} | "
-                     f"{r.trainable:,} | {no_head} | {r.steps} | {wall} | `{r.command}` |")
+                     f"{r.trainable:,} | {no_head} | {stored} | {r.steps} | {wall} | `{r.command}` |")
     return "\n".join(lines) + "\n"
 
 

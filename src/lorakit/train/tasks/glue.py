@@ -192,7 +192,11 @@ class GlueTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Cross-entropy (with label smoothing) for classes, mean squared error for scores."""
-        logits = self._logits(model, batch).float()  # (batch, num_labels)
+        return self.loss_from_logits(self._logits(model, batch), batch)
+
+    def loss_from_logits(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """The loss of ``logits`` (batch, num_labels) against ``batch["labels"]`` (what ``loss`` computes)."""
+        logits = logits.float()
         if self.num_labels == 1:
             return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
         return F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
