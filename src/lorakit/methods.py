@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import LorakitError
 from .hf_compat import cache_argument, cache_in, pop_cache
 
 __all__ = [
@@ -47,7 +48,7 @@ METHODS = ("full", "head_only", "ft_top2", "bitfit", "adapter_houlsby", "adapter
            "prefix_layer", "lora")
 
 
-class MethodError(ValueError):
+class MethodError(LorakitError, ValueError):
     """A method that cannot be applied to this model, or out-of-range / conflicting options."""
 
 

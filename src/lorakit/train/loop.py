@@ -136,10 +136,10 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     params = parameter_counts(model)
 
-    # 3. workdir: same run -> resume, other run -> refuse (unless --force / --resume); rank 0 decides
-    start_from = run_dir.prepare_workdir(workdir, cfg, resume=resume, force=force) if dinfo.is_main else None
-    start_from = D.broadcast_object(None if start_from is None else str(start_from.path), dinfo)
-    D.barrier(dinfo)
+    # 3. workdir: same run -> resume, other run -> refuse (unless --force / --resume); nothing written yet
+    candidates = run_dir.prepare_workdir(workdir, cfg, resume=resume, force=force) if dinfo.is_main else []
+    candidates = [Path(p) for p in D.broadcast_object([str(c.path) for c in candidates], dinfo)]
+    chosen = run_dir.pick_checkpoint(candidates, model, trainable, say)  # read and checked, not loaded yet
 
     # 4. device, precision, processes; optimizer over the trainable parameters only
     amp_dtype = autocast_dtype(cfg.training.precision, dinfo.device, say)
@@ -151,11 +151,16 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps, say)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp_dtype == torch.float16))  # loss scaling for fp16 only
 
-    # 5. resume: trainable tensors, optimizer, scheduler, RNG and loop state
+    # 5. resume from the newest checkpoint that reads and fits (others skipped with a warning); only now is the
+    #    workdir written
     state = LoopState()
-    if start_from is not None:
-        state = run_dir.restore_state(Path(start_from), model, optimizer, scheduler, scaler, dinfo, trainable)
+    start_from = None if chosen is None else chosen[0]
+    if chosen is not None:
+        state = run_dir.restore_state(chosen, model, optimizer, scheduler, scaler, dinfo, trainable)
         say(f"resuming from {start_from} (step {state.step} of {total_steps})")
+    if dinfo.is_main:
+        run_dir.start_workdir(workdir, cfg, force=force, resumed=chosen is not None, say=say)
+    D.barrier(dinfo)
     log = RunLogger(workdir, cfg.logging, enabled=dinfo.is_main, resume_step=state.step)
     say(f"{task.name}: {len(train_set)} train / {len(dev_set)} dev examples; {cfg.method.name}: "
         f"{params['trainable']:,} of {params['total']:,} parameters train ({params['percent']:.3f}%); "
