@@ -81,7 +81,7 @@ def glue_data() -> Path:
     return GLUE_DATA
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit():
     """The helpers above, for tests (``kit.tiny_config(...)``, ``kit.run(cfg, workdir)`` ...)."""
     from types import SimpleNamespace

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lorakit.errors import processing
 from lorakit.fileio import atomic_write, json_safe
 
 from . import checkpoint as ckpt
@@ -121,18 +122,20 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     # 1. data: read, check and tokenize both splits
     task = task_from_config(cfg)
     data_dir = require_data_dir(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    train_set = load_split(task, cfg.data.train_split, data_dir, cfg.data.max_train_examples, tokenizer, cfg,
-                           training=True)
-    dev_set = load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
+    with processing(f"reading the data in {data_dir}"):
+        tokenizer = load_tokenizer(cfg.model)
+        train_set = load_split(task, cfg.data.train_split, data_dir, cfg.data.max_train_examples, tokenizer, cfg,
+                               training=True)
+        dev_set = load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
     micro = _micro_batch_size(cfg, dinfo, len(train_set))
     _check_metric_name(cfg, task, task.reported_metrics())  # a typo in evaluation.metric fails now
 
     # 2. model: seeded build, then the fine-tuning method decides what trains
     seed_everything(cfg.training.seed, cfg.training.deterministic)
-    model = build_configured_model(cfg, task)
-    init_info = init_from_run(model, cfg, say) if cfg.model.init_from is not None else None
-    task.check_model(model)  # e.g. sequences longer than the model's positions
+    with processing(f"building the model ({cfg.method.name})"):
+        model = build_configured_model(cfg, task)
+        init_info = init_from_run(model, cfg, say) if cfg.model.init_from is not None else None
+        task.check_model(model)  # e.g. sequences longer than the model's positions
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     params = parameter_counts(model)
 
@@ -156,7 +159,8 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     state = LoopState()
     start_from = None if chosen is None else chosen[0]
     if chosen is not None:
-        state = run_dir.restore_state(chosen, model, optimizer, scheduler, scaler, dinfo, trainable)
+        with processing(f"loading checkpoint {start_from}"):
+            state = run_dir.restore_state(chosen, model, optimizer, scheduler, scaler, dinfo, trainable)
         say(f"resuming from {start_from} (step {state.step} of {total_steps})")
     if dinfo.is_main:
         run_dir.start_workdir(workdir, cfg, force=force, resumed=chosen is not None, say=say)

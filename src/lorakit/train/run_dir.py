@@ -161,6 +161,7 @@ def pick_checkpoint(candidates: list[Path], model: nn.Module, trainable: list[st
             if not {"optimizer", "scheduler", "rng"} <= set(state) or not isinstance(meta.get("python_rng"), list):
                 raise ckpt.CheckpointError(f"{path / ckpt.STATE_FILE} lacks the optimizer, scheduler or RNG state "
                                            "of a lorakit run")
+            _check_optimizer_shapes(path / ckpt.STATE_FILE, state["optimizer"], shapes)
         except ckpt.CheckpointError as err:
             problems.append(str(err))
             say(f"warning: skipping checkpoint {path.name}: {err}")
@@ -200,6 +201,20 @@ def save_state(workdir: Path, model, optimizer, scheduler, scaler, state: LoopSt
     error = D.broadcast_object(error, dinfo)
     if error is not None:
         raise ckpt.CheckpointError(error)
+
+
+def _check_optimizer_shapes(file: Path, optimizer_state: Any, shapes: dict[str, torch.Size]) -> None:
+    """Raise ``CheckpointError`` unless the per-parameter optimizer tensors (Adam's moments: the shape of their
+    parameter) fit ``shapes`` (parameter name -> shape); scalars such as Adam's step count are not compared."""
+    per_param = optimizer_state.get("state") if isinstance(optimizer_state, dict) else None
+    if not isinstance(per_param, dict):
+        raise ckpt.CheckpointError(f"{file}: its optimizer state is not of a lorakit run")
+    for name, slots in per_param.items():
+        for slot, value in (slots.items() if isinstance(slots, dict) else ()):
+            if name in shapes and isinstance(value, Tensor) and value.dim() > 0 and value.shape != shapes[name]:
+                raise ckpt.CheckpointError(
+                    f"{file}: optimizer state {slot} of {name!r} has shape {tuple(value.shape)}, the model "
+                    f"{tuple(shapes[name])}: it was written by a run with another config (a different LoRA rank)")
 
 
 def restore_state(chosen: tuple[Path, dict[str, Tensor], dict[str, Any], dict], model, optimizer, scheduler,
