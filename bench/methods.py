@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.adapt import lora_modules
+from lorakit.lora import lora_modules
 from lorakit.timing import compare_to_base, forward_timings
 from lorakit.train.build import build_configured_model, seed_everything
 from lorakit.train.commands import read_config

@@ -24,8 +24,15 @@ def _lorakit_imports(path: Path) -> set[str]:
     """The lorakit modules ``path`` imports (relative imports resolved; ``from pkg import mod`` gives both)."""
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    # imports under `if TYPE_CHECKING:` are annotations only: they do not count
+    type_only = {id(inner) for node in ast.walk(tree)
+                 if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+                 for stmt in node.body for inner in ast.walk(stmt)}
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -64,3 +71,12 @@ def test_nothing_outside_train_imports_train():
 def test_the_bottom_floors_import_only_what_is_below_them(module, allowed):
     imports = _modules()[module] - {module}
     assert imports - allowed - (LEAVES - {module}) == set()
+
+
+@pytest.mark.parametrize("name", ["lorakit.lora.variants", "lorakit.lora.wrappers", "lorakit.lora.config"])
+def test_model_surgery_below_management_never_imports_it(name):
+    """variants <- wrappers <- config <- manage <- mixed_batch: the lower pieces never import the upper."""
+    order = ["lorakit.lora.variants", "lorakit.lora.wrappers", "lorakit.lora.config", "lorakit.lora.manage",
+             "lorakit.lora.mixed_batch"]
+    above = set(order[order.index(name) + 1:])
+    assert _modules()[name] & above == set()

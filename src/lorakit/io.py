@@ -26,7 +26,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .adapt import (
+from .errors import LorakitError
+from .fileio import atomic_write
+from .functional import lora_scaling
+from .layers import is_lora_param_name
+from .lora import (
     DEFAULT_ADAPTER,
     LoraConfig,
     LoraConv,
@@ -38,9 +42,16 @@ from .adapt import (
     lora_modules,
     restore_on_error,
 )
-from .fileio import atomic_write
-from .functional import lora_scaling
-from .layers import is_lora_param_name
+
+
+class AdapterFileError(LorakitError, ValueError):
+    """An adapter file or checkpoint that cannot be read into this model, or an adapter that PEFT's format
+    cannot hold; nothing was changed."""
+
+
+class AdapterFileNotFoundError(LorakitError, FileNotFoundError):
+    """An adapter directory without its config or weights file."""
+
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -82,7 +93,7 @@ def _module_tensors(module: LoraModule, adapter: str, pissa_to_lora: bool = Fals
     if isinstance(module, LoraConv):
         conv = module.base_layer
         if conv.groups != 1:
-            raise ValueError(
+            raise AdapterFileError(
                 f"PEFT's file format has no LoRA for grouped convolutions (groups={conv.groups}); "
                 "save this model with lorakit.lora_state_dict instead"
             )
@@ -164,13 +175,14 @@ def read_peft_config(directory: str | os.PathLike) -> LoraConfig:
     """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: an adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise AdapterFileNotFoundError(f"{path} not found: an adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise AdapterFileError(f"{path} is not valid JSON: {err}") from err
     if data.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{path}: peft_type {data.get('peft_type')!r} is not supported; lorakit reads LORA adapters")
+        raise AdapterFileError(f"{path}: peft_type {data.get('peft_type')!r} is not supported; "
+                               "lorakit reads LORA adapters")
     unsupported = [
         k for k, v in data.items()
         if k not in _PEFT_FIELDS and k not in _PEFT_IGNORED and v not in (None, False, {}, [], "")
@@ -178,7 +190,7 @@ def read_peft_config(directory: str | os.PathLike) -> LoraConfig:
     if data.get("init_lora_weights") not in (None, True, False, "gaussian", "pissa"):
         unsupported.append("init_lora_weights")
     if unsupported:
-        raise ValueError(
+        raise AdapterFileError(
             f"{path}: option(s) lorakit does not support: "
             + ", ".join(f"{k}={data[k]!r}" for k in sorted(unsupported))
         )
@@ -194,10 +206,11 @@ def _read_tensors(directory: Path) -> dict[str, Tensor]:
         try:
             return load_file(str(safetensors_path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{safetensors_path} is corrupt or truncated ({err}); re-download or re-save it") from err
+            raise AdapterFileError(f"{safetensors_path} is corrupt or truncated ({err}); "
+                                   "re-download or re-save it") from err
     if bin_path.is_file():
         return load_checkpoint(bin_path)
-    raise FileNotFoundError(f"no {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) in {directory}")
+    raise AdapterFileNotFoundError(f"no {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) in {directory}")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -207,11 +220,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path} is corrupt or truncated ({err})") from err
+            raise AdapterFileError(f"{path} is corrupt or truncated ({err})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise AdapterFileError(
             f"{path} could not be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {err}). "
             "lorakit never unpickles arbitrary objects; convert the file to safetensors if you trust it"
         ) from err
@@ -241,14 +254,14 @@ def _copy_adapter_tensors(model: nn.Module, adapter_name: str, config: LoraConfi
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise AdapterFileError(
             f"{source} does not fit the model adapted with its config: "
             f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     for key, (_, file_shape) in expected.items():
         if tuple(tensors[key].shape) != file_shape:
-            raise ValueError(
+            raise AdapterFileError(
                 f"{key}: the file holds shape {tuple(tensors[key].shape)}, the model expects {file_shape} "
                 "(was the adapter trained on a different base model or rank?)"
             )
@@ -292,7 +305,7 @@ def hotswap_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name
     modules = [(p, m) for p, m in lora_modules(model) if adapter_name in m.lora_A]
     for path, module in modules:
         if new_config.rank_for(path) != module.rank[adapter_name]:
-            raise ValueError(f"{path}: hot-swap needs the same rank; the slot has r={module.rank[adapter_name]}, "
+            raise AdapterFileError(f"{path}: hot-swap needs the same rank; the slot has r={module.rank[adapter_name]}, "
                              f"the new adapter r={new_config.rank_for(path)}")
     expected = _expected_file_tensors(model, adapter_name, slot_config)
     before = {key: target.detach().clone() for key, (target, _) in expected.items()}
@@ -320,7 +333,7 @@ def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(
+        raise AdapterFileError(
             "the checkpoint is not a state dict of tensors (nor one under 'model_state_dict'/'state_dict')"
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
@@ -351,16 +364,17 @@ def convert_loralib_checkpoint(
     state = _unwrap_state_dict(state)
     pairs = sorted({k[: -len(".lora_A")] for k in state if k.endswith(".lora_A")})
     if not pairs:
-        raise ValueError("the checkpoint has no '<module>.lora_A' keys: is it a loralib-style LoRA checkpoint?")
+        raise AdapterFileError("the checkpoint has no '<module>.lora_A' keys: is it a loralib-style LoRA checkpoint?")
     module_names = dict(model.named_modules())
     targets, rank_pattern, slices_pattern, ranks = [], {}, {}, {}
     for path in pairs:
         if path not in module_names:
             close = difflib.get_close_matches(path, list(module_names), n=3)
-            raise ValueError(f"checkpoint module {path!r} does not exist in {type(model).__name__}; closest: {close}")
+            raise AdapterFileError(f"checkpoint module {path!r} does not exist in {type(model).__name__}; "
+                                   f"closest: {close}")
         a, b = state[f"{path}.lora_A"], state.get(f"{path}.lora_B")
         if b is None:
-            raise ValueError(f"checkpoint has {path}.lora_A but no {path}.lora_B")
+            raise AdapterFileError(f"checkpoint has {path}.lora_A but no {path}.lora_B")
         r = b.shape[1]
         n_enabled = a.shape[0] // r
         targets.append(path)
@@ -370,7 +384,7 @@ def convert_loralib_checkpoint(
             n_slices = fan_out // (b.shape[0] // n_enabled)
             flags = enable_lora or ([True, False, True] if (n_slices, n_enabled) == (3, 2) else None)
             if flags is None or len(flags) != n_slices or sum(flags) != n_enabled:
-                raise ValueError(
+                raise AdapterFileError(
                     f"{path}: the checkpoint adapts {n_enabled} of {n_slices} slices; pass enable_lora "
                     f"with {n_slices} flags, {n_enabled} of them True"
                 )
@@ -395,7 +409,7 @@ def convert_loralib_checkpoint(
             for part in ("A", "B"):
                 target, source = getattr(module, f"lora_{part}")[DEFAULT_ADAPTER], state[f"{path}.lora_{part}"]
                 if target.shape != source.shape:
-                    raise ValueError(
+                    raise AdapterFileError(
                         f"checkpoint key {path}.lora_{part} has shape {tuple(source.shape)}, the adapted "
                         f"{type(model).__name__} expects {tuple(target.shape)}"
                     )
@@ -404,7 +418,7 @@ def convert_loralib_checkpoint(
         for key, value in extra.items():
             if key.split(".")[0] in modules_to_save:
                 if key not in params or params[key].shape != value.shape:
-                    raise ValueError(f"checkpoint key {key!r} does not fit {type(model).__name__}")
+                    raise AdapterFileError(f"checkpoint key {key!r} does not fit {type(model).__name__}")
                 params[key].copy_(value)
     save_adapter(model, output_dir)
     return {"modules": targets, "ranks": ranks, "enable_lora": slices_pattern,

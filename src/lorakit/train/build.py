@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from lorakit.pretrained import from_pretrained
 
+from ..lora.config import in_modules
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import Section
@@ -181,7 +182,7 @@ def apply_configured_method(model: nn.Module, cfg: Section) -> None:
             raise TrainingError("method head_only trains the task head, and a language model has none (its LM "
                                 "head is the pretrained, tied embedding); choose lora, full or a baseline")
         for name, p in model.named_parameters():
-            p.requires_grad = any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in head)
+            p.requires_grad = in_modules(name, head)
         return
     if m.name != "lora":
         _apply_baseline(model, cfg, tuple(head))
@@ -245,7 +246,7 @@ def init_from_run(model: nn.Module, cfg: Section, say: Callable[[str], None] = p
     state = ckpt.average_checkpoints(paths) if len(paths) > 1 else ckpt.load_model_state(paths[0])
     params = dict(D.unwrap(model).named_parameters())
     head = head_names(model, cfg)
-    in_head = lambda name: any(name == h or name.startswith(h + ".") for h in head)  # noqa: E731
+    in_head = lambda name: in_modules(name, head)  # noqa: E731
     where = paths[0] if len(paths) == 1 else f"the average of {', '.join(p.name for p in paths)} in {paths[0].parent}"
     loaded, skipped, unknown, frozen = {}, [], [], []
     for name, tensor in state.items():

@@ -28,6 +28,7 @@ from typing import Any
 from lorakit.errors import LorakitError
 from lorakit.methods import METHODS
 
+from ..layers import BIAS_MODES
 from .tasks import task_names
 
 __all__ = [
@@ -137,7 +138,7 @@ SCHEMA: dict[str, Field] = {
             help="module names (full dotted name or suffix after a dot) or one regex string",
         ),
         exclude_modules=Field("str_or_str_list", [], help="names never adapted"),
-        bias=Field("str", "none", choices=("none", "all", "lora_only")),
+        bias=Field("str", "none", choices=BIAS_MODES),
         modules_to_save=Field(
             "str_list", [],
             help="modules trained fully and saved with the adapter, besides the task head (the classifier "

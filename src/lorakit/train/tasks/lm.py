@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.losses import causal_lm_loss, fused_loss_unsupported_reason
 from lorakit.metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
 
 from .base import DataError, Task, pad, register_task
@@ -72,6 +73,7 @@ class LMTask(Task):
 
     model_kind = "causal_lm"
     num_labels = 0
+    fused_loss = True  # the loss through lorakit.causal_lm_loss (no full logits) where the model allows it
 
     def __init__(self, spec: LMTaskSpec, label_smoothing: float = 0.0, stride: int | None = None,
                  add_bos: bool = True, split_sizes: Sequence[int] | None = None,
@@ -188,6 +190,9 @@ class LMTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Mean next-token cross-entropy (nats) over the batch's targets, with label smoothing."""
+        if self.fused_loss and fused_loss_unsupported_reason(model) is None:  # equal, without the logits
+            return causal_lm_loss(model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"],
+                                  label_smoothing=self.label_smoothing)
         logits = self._logits(model, batch).float()  # (batch, seq, vocab)
         targets = torch.full_like(batch["labels"], -100)
         targets[:, :-1] = batch["labels"][:, 1:]  # position p predicts token p + 1

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...losses import causal_lm_loss, fused_loss_unsupported_reason
 from ..distributed import unwrap
 from .base import DataError, Task, pad, register_task
 
@@ -52,6 +53,7 @@ class NLGTask(Task):
     num_labels = 0
     main_metric = "BLEU"
     lower_is_better = ("TER", "TER_seen", "TER_unseen")  # an edit rate; BLEU, NIST, METEOR, ROUGE_L, CIDEr rise
+    fused_loss = True  # the loss through lorakit.causal_lm_loss (no full logits) where the model allows it
 
     def __init__(self, name: str, label_smoothing: float = 0.0, generation: Any = None):
         if name not in NLG_TASKS:
@@ -157,6 +159,9 @@ class NLGTask(Task):
     # -- loss / predict ----------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Mean cross-entropy over the completion tokens of the batch (prompt and padding ignored)."""
+        if self.fused_loss and fused_loss_unsupported_reason(model) is None:  # equal, without the logits
+            return causal_lm_loss(model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"],
+                                  label_smoothing=self.label_smoothing)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         shifted = logits[:, :-1].float()  # (batch, seq - 1, vocab): position t predicts token t + 1
         targets = batch["labels"][:, 1:]  # (batch, seq - 1)
