@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import randomize_lora
+from helpers import flip_header, garbage_file, latin1_file, randomize_lora, truncate_file
 
 import lorakit
 from lorakit.errors import LorakitError
@@ -68,24 +67,8 @@ def test_load_adapter_under_an_existing_name_keeps_that_adapter(adapted):
         assert torch.equal(model(input_ids=IDS).logits, out)
 
 
-def _truncate(p: Path) -> None:
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-
-
-def _garbage(p: Path) -> None:
-    p.write_bytes(random.Random(0).randbytes(p.stat().st_size))
-
-
-def _flip(p: Path) -> None:
-    data = bytearray(p.read_bytes())
-    for i in range(16):
-        data[i] ^= 0xFF
-    p.write_bytes(bytes(data))
-
-
 def _latin1(p: Path) -> None:
-    text = p.read_text(encoding="utf-8")
-    p.write_bytes(text.replace("\"", "\"\u00e9", 1).encode("latin-1"))
+    latin1_file(p, "\"")
 
 
 def _other_rank(p: Path) -> None:
@@ -94,12 +77,12 @@ def _other_rank(p: Path) -> None:
 
 
 @pytest.mark.parametrize("file", ["adapter_model.safetensors", "adapter_config.json"])
-@pytest.mark.parametrize("damage", [_truncate, _garbage, _flip, _latin1, _other_rank])
+@pytest.mark.parametrize("damage", [truncate_file, garbage_file, flip_header, _latin1, _other_rank])
 @pytest.mark.parametrize("call", ["load_adapter", "hotswap_adapter"])
 def test_a_damaged_adapter_file_is_a_lorakit_error_and_changes_nothing(adapted, file, damage, call):
     model, files = adapted
     if damage is _latin1 and file.endswith(".safetensors"):
-        damage = _flip  # a binary file: latin-1 does not apply; its header damage is the nearest case
+        damage = flip_header  # a binary file: latin-1 does not apply; its header damage is the nearest case
     damage(files / "r4" / file)
     before = state_of(model)
     with pytest.raises(LorakitError):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import flip_header, garbage_file, latin1_file, truncate_file
 
 from lorakit.cli import main as cli
 from lorakit.train import checkpoint as ckpt
@@ -26,28 +26,7 @@ def _tree_hash(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def garbage(path: Path) -> None:
-    path.write_bytes(random.Random(0).randbytes(path.stat().st_size))
-
-
-def flip_header(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    for i in range(min(16, len(data))):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def latin1(path: Path) -> None:
-    """The text with one non-ASCII character added, re-encoded as latin-1 (not valid UTF-8)."""
-    text = path.read_text(encoding="utf-8")
-    path.write_bytes(text.replace("a", "\u00e9", 1).encode("latin-1"))
-
-
-DAMAGE = {"truncated": truncate, "garbage": garbage, "flipped_header": flip_header}
+DAMAGE = {"truncated": truncate_file, "garbage": garbage_file, "flipped_header": flip_header}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +69,7 @@ def test_a_damaged_config_file_is_a_config_error_and_writes_nothing(runs, tmp_pa
     if damage == "not_an_object":
         config.write_text("[1, 2, 3]\n")
     else:
-        (DAMAGE.get(damage) or latin1)(config)
+        (DAMAGE.get(damage) or latin1_file)(config)
     assert _train(config, tmp_path / "new") == 2
     err = capsys.readouterr().err
     _one_line_error(err)
@@ -99,7 +78,7 @@ def test_a_damaged_config_file_is_a_config_error_and_writes_nothing(runs, tmp_pa
 
 @pytest.mark.parametrize("damage", [*DAMAGE, "latin1"])
 def test_a_damaged_stored_config_is_refused_by_train_and_eval_and_changes_nothing(runs, run, capsys, damage):
-    (DAMAGE.get(damage) or latin1)(run / "config.json")
+    (DAMAGE.get(damage) or latin1_file)(run / "config.json")
     before = _tree_hash(run)
     assert _train(runs / "config.json", run) == 1
     assert "config.json" in capsys.readouterr().err
