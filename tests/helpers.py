@@ -64,3 +64,27 @@ def randomize_lora(model: torch.nn.Module, seed: int = 0) -> None:
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+# Ways to damage a file (the corruption tests): half of it, same-size garbage, the first 16 bytes inverted,
+# its text re-encoded as latin-1 with one non-ASCII character (no longer UTF-8).
+def truncate_file(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage_file(path) -> None:
+    import random
+
+    path.write_bytes(random.Random(0).randbytes(path.stat().st_size))
+
+
+def flip_header(path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(min(16, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def latin1_file(path, old: str = "a") -> None:
+    text = path.read_text(encoding="utf-8")
+    path.write_bytes(text.replace(old, old + "\u00e9", 1).encode("latin-1"))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lorakit import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +50,31 @@ def test_python_dash_m_lorakit_lists_the_subcommands():
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert done.returncode == 0
     assert "usage: lorakit SUBCOMMAND" in done.stdout and "lm-eval" in done.stdout and "train" in done.stdout
+
+
+def _fails_unexpectedly(argv: list[str]) -> int:
+    """A subcommand with a bug: a KeyError escapes while it reads a (named) file."""
+    from lorakit.errors import processing
+
+    with processing("reading /some/file.json"):
+        return {}["missing-key"]
+
+
+def test_errors_print_one_line_and_debug_shows_the_traceback(capsys, tmp_path):
+    """A LorakitError: one line, exit 2 for a config (1 for a run); an unexpected exception: one line naming the
+    step and the --debug hint, exit 1; with --debug (anywhere in the arguments) the exception propagates."""
+    bad = tmp_path / "c.json"
+    bad.write_bytes("{\"name\": \"caf\u00e9\"}".encode("latin-1"))
+    assert cli.main(["train", "--config", str(bad), "--workdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and str(bad) in err and "Traceback" not in err
+    cli.register("fails-unexpectedly", f"{__name__}:_fails_unexpectedly", "test only")
+    try:
+        assert cli.main(["fails-unexpectedly"]) == 1
+        err = capsys.readouterr().err
+        assert "unexpected KeyError while reading /some/file.json" in err and "--debug" in err
+        assert "Traceback" not in err
+        with pytest.raises(KeyError):
+            cli.main(["fails-unexpectedly", "--debug"])
+    finally:
+        del cli.COMMANDS["fails-unexpectedly"]

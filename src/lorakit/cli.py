@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from lorakit.errors import LorakitError, step_of
+
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {}
 
@@ -40,7 +42,9 @@ def _usage() -> str:
     width = max((len(n) for n in COMMANDS), default=0)
     lines = ["usage: lorakit SUBCOMMAND [ARGS...]", "", "subcommands:"]
     lines += [f"  {name.ljust(width)}  {help_text}" for name, (_, help_text) in sorted(COMMANDS.items())]
-    lines += ["", "Run `lorakit SUBCOMMAND --help` for a subcommand's options."]
+    lines += ["", "Run `lorakit SUBCOMMAND --help` for a subcommand's options; `--debug` (anywhere) shows the",
+              "Python traceback of an error. Exit status: 0 success, 1 a data or run error, 2 a bad command",
+              "line or config, 130 interrupted."]
     return "\n".join(lines)
 
 
@@ -57,10 +61,33 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
     if name not in COMMANDS:
         print(f"lorakit: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
     module_name, _, function = COMMANDS[name][0].partition(":")
-    command = getattr(importlib.import_module(module_name), function or "main")
-    return int(command(rest) or 0)
+    try:
+        command = getattr(importlib.import_module(module_name), function or "main")
+        return int(command(rest) or 0)
+    except LorakitError as err:
+        if debug:
+            raise
+        print(f"lorakit {name}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"\nlorakit {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug or an unforeseen input: one line, the traceback on request
+        if debug:
+            raise
+        return _unexpected(name, err)
 
+
+def _unexpected(name: str, err: Exception) -> int:
+    where = step_of(err)
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+    print(f"lorakit {name}: unexpected {type(err).__name__}{f' while {where}' if where else ''}"
+          f"{f': {text}' if text else ''}\nThis is likely a bug or an input lorakit does not check yet; "
+          f"rerun with --debug for the Python traceback and report it.", file=sys.stderr)
+    return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "fsync_dir", "json_safe", "write_file"]
+__all__ = ["TMP_SUFFIX", "atomic_write", "fsync_dir", "json_safe", "remove_temp_files", "write_file"]
 
 TMP_SUFFIX = ".tmp"  # temporary files are named f".{target name}.{random}{TMP_SUFFIX}"
+# a temporary file of atomic_write: "." + target name + "." + mkstemp's 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
 
 
 def write_file(path: str | Path, data: bytes) -> None:
@@ -63,6 +67,23 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[str], Any]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_temp_files(folder: str | Path, min_age_s: float = 0.0) -> list[Path]:
+    """Delete the temporary files a killed ``atomic_write`` left directly in ``folder`` (only plain files named
+    like its temporary files, last modified at least ``min_age_s`` seconds ago; nothing else, nothing below).
+    Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for child in sorted(folder.iterdir()):
+        if (_TEMP_NAME.match(child.name) and child.is_file() and not child.is_symlink()
+                and now - child.stat().st_mtime >= min_age_s):
+            child.unlink(missing_ok=True)
+            removed.append(child)
+    return removed
 
 
 def json_safe(obj: Any) -> Any:

@@ -41,8 +41,8 @@ from .lora import (
     get_config,
     inject,
     lora_modules,
-    restore_on_error,
 )
+from .lora.transaction import transactional
 
 
 class AdapterFileError(LorakitError, ValueError):
@@ -274,6 +274,7 @@ def _copy_adapter_tensors(model: nn.Module, adapter_name: str, config: LoraConfi
             module.merge()
 
 
+@transactional
 def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Add the adapter stored in ``directory`` (written by PEFT or by lorakit) to ``model``.
 
@@ -285,12 +286,12 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     config = read_peft_config(directory)
     config.init_lora_weights = True  # the weights come from the file; never re-initialise the base
     tensors = _read_tensors(directory)
-    with restore_on_error(model, adapter_name):
-        inject(model, config, adapter_name)
-        _copy_adapter_tensors(model, adapter_name, config, tensors, directory / WEIGHTS_NAME)
+    inject(model, config, adapter_name)
+    _copy_adapter_tensors(model, adapter_name, config, tensors, directory / WEIGHTS_NAME)
     return model
 
 
+@transactional
 def hotswap_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> None:
     """Load another adapter's weights into the existing slot ``adapter_name``, without rebuilding modules.
 
@@ -308,15 +309,7 @@ def hotswap_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name
         if new_config.rank_for(path) != module.rank[adapter_name]:
             raise AdapterFileError(f"{path}: hot-swap needs the same rank; the slot has r={module.rank[adapter_name]}, "
                              f"the new adapter r={new_config.rank_for(path)}")
-    expected = _expected_file_tensors(model, adapter_name, slot_config)
-    before = {key: target.detach().clone() for key, (target, _) in expected.items()}
-    try:
-        _copy_adapter_tensors(model, adapter_name, slot_config, tensors, directory / WEIGHTS_NAME)
-    except Exception:
-        with torch.no_grad():
-            for key, (target, _) in expected.items():
-                target.copy_(before[key])
-        raise
+    _copy_adapter_tensors(model, adapter_name, slot_config, tensors, directory / WEIGHTS_NAME)
     for path, module in modules:
         module.scaling[adapter_name] = lora_scaling(new_config.alpha_for(path), module.rank[adapter_name],
                                                     new_config.use_rslora)

@@ -103,7 +103,7 @@ def crash_after_checkpoints(monkeypatch, n: int):
         monkeypatch.setattr(run_dir, "save_state", real_save)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit():
     """The helpers above, for tests (``kit.tiny_config(...)``, ``kit.run(cfg, workdir)`` ...)."""
     from types import SimpleNamespace

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, read_text
 
 __all__ = [
     "NLGExample", "DataError", "WEBNLG_SEEN_CATEGORIES", "WEBNLG_UNSEEN_CATEGORIES", "DATASETS",
@@ -109,17 +109,7 @@ def _check_path(path: str | Path, want_dir: bool | None = False) -> Path:
     return p
 
 
-def _read_text(path: Path) -> str:
-    """The file's text (UTF-8, an optional BOM dropped, newlines kept as in the file)."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the file ({err.strerror or err})") from err
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+_read_text = read_text  # the shared UTF-8 reader (file:line of a bad byte)
 
 
 def _references(texts: list[str], where: str) -> tuple[str, ...]:

@@ -3,8 +3,9 @@ combine them.
 
 ``inject(model, config)`` wraps every module ``config`` selects (:func:`lorakit.lora.config.find_targets`)
 in place with the wrapper :data:`lorakit.lora.wrappers.WRAPPERS` names for its type, keeping the original
-module as ``<name>.base_layer``. Every function here checks its input before it changes anything: on an
-error the model is as it was.
+module as ``<name>.base_layer``. Every function here checks its input before it changes anything, and the
+ones that change adapters run in one transaction (:mod:`lorakit.lora.transaction`): on any error the model
+is as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from .. import quant
 from ..layers import is_lora_param_name
 from .config import DEFAULT_ADAPTER, LoraConfig, find_targets, in_modules
+from .transaction import adapter_transaction, transactional
 from .wrappers import (
     WRAPPERS,
     AdapterError,
@@ -64,6 +66,7 @@ def _check_adapter_name(name: str) -> None:
         )
 
 
+@transactional
 def inject(model: nn.Module, config: LoraConfig, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Add a LoRA adapter to every module ``config`` selects, in place, and return ``model``.
 
@@ -172,6 +175,7 @@ def active_adapters(model: nn.Module) -> list[str]:
     return names
 
 
+@transactional
 def set_adapter(model: nn.Module, names: str | list[str]) -> None:
     """Use adapter ``names`` (one name or a list whose updates add up); only their LoRA weights train."""
     names = [names] if isinstance(names, str) else list(names)
@@ -181,12 +185,14 @@ def set_adapter(model: nn.Module, names: str | list[str]) -> None:
         module.refresh_trainable()
 
 
+@transactional
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name`` everywhere; wrappers left with no adapter become their base layer again."""
     check_adapters_known(model, [name])
     _drop_adapter(model, name)
 
 
+@transactional
 def remove_adapter(model: nn.Module, adapter_name: str) -> None:
     """Deprecated alias of :func:`delete_adapter` (which also checks the name); removed in the next release."""
     warnings.warn("lorakit.remove_adapter is deprecated and will be removed in the next release; use "
@@ -214,6 +220,7 @@ def _adapter_paths(model: nn.Module, name: str) -> set[str]:
     return {path for path, m in lora_modules(model) if name in m.lora_A}
 
 
+@transactional
 def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[float], adapter_name: str,
                          combination_type: str = "linear", svd_rank: int | None = None) -> None:
     """Create ``adapter_name`` from a weighted combination of existing adapters (PEFT's semantics).
@@ -338,19 +345,10 @@ def _drop_adapter(model: nn.Module, adapter_name: str) -> None:
     getattr(model, "_lorakit_configs", {}).pop(adapter_name, None)
 
 
-@contextmanager
-def restore_on_error(model: nn.Module, adapter_name: str):
-    """Undo ``inject(..., adapter_name)`` (and the trainable flags) if the block raises."""
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    try:
-        yield
-    except BaseException:
-        if adapter_name in adapter_names(model):
-            _drop_adapter(model, adapter_name)
-        for n, p in model.named_parameters():
-            if n in flags:
-                p.requires_grad = flags[n]
-        raise
+def restore_on_error(model: nn.Module, adapter_name: str | None = None):
+    """Kept for callers of the old name: :func:`lorakit.lora.transaction.adapter_transaction` (restores the
+    whole model on an error, whatever the block did; ``adapter_name`` is not needed)."""
+    return adapter_transaction(model)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from lorakit.fileio import atomic_write, fsync_dir, write_file
 __all__ = [
     "CheckpointError", "CheckpointInfo", "save_checkpoint", "list_checkpoints", "latest_checkpoint",
     "load_model_state", "load_training_state", "average_checkpoints", "remove_stale", "read_meta",
-    "tensor_bytes", "atomic_write",
+    "tensor_bytes", "atomic_write", "check_tensors",
 ]
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "training_state.pt", "meta.json"
@@ -191,24 +191,57 @@ def remove_stale(root: str | Path) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
+def check_tensors(file: Path, tensors: dict[str, Tensor], expected: dict[str, torch.Size]) -> None:
+    """Raise ``CheckpointError`` unless ``tensors`` holds every name of ``expected`` with that shape
+    (``expected``: parameter name -> shape of this run's model)."""
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(
+            f"{file} lacks {len(missing)} trainable tensors of this model (e.g. {missing[0]!r}): it was "
+            "written for another method or target_modules")
+    wrong = [(k, tuple(tensors[k].shape), tuple(shape)) for k, shape in expected.items()
+             if tuple(tensors[k].shape) != tuple(shape)]
+    if wrong:
+        name, got, want = wrong[0]
+        raise CheckpointError(
+            f"{file}: {len(wrong)} tensors have other shapes than this model's (e.g. {name!r}: {got} in the "
+            f"file, {want} in the model): it was written by a run with another config (a different LoRA rank "
+            "or model size)")
+
+
 def load_model_state(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a checkpoint directory's ``model.safetensors`` (or of a .safetensors file)."""
+    """The tensors of a checkpoint directory's ``model.safetensors`` (or of a .safetensors file).
+
+    Any unreadable file (truncated, garbage, a damaged header) raises ``CheckpointError`` naming it."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     try:
         tensors = st_load(file.read_bytes())
         return {k: tensors[k] for k in sorted(tensors)}  # a fixed order: FSDP loads key by key, collectively
-    except (OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"cannot read model tensors from {file}: {err}") from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read model tensors from {file}: {err.strerror or err}") from err
+    except Exception as err:  # safetensors' own error type for a damaged header or body, and anything else
+        raise CheckpointError(f"cannot read model tensors from {file}: not a valid safetensors file "
+                              f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from None
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Optimizer/scheduler/RNG state of a checkpoint directory (``torch.load(weights_only=True)``)."""
+    """Optimizer/scheduler/RNG state of a checkpoint directory (``torch.load(weights_only=True)``).
+
+    A damaged file raises ``CheckpointError``; torch's own text is not shown, since for a file that is not
+    a plain-tensor pickle it suggests unpickling arbitrary code (which lorakit never does)."""
     file = Path(path) / STATE_FILE
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError) as err:
-        raise CheckpointError(f"cannot read training state from {file}: {err}") from err
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot read training state from {file}: {err.strerror or err}") from err
+    except Exception:  # UnpicklingError, EOFError, IndexError ... from a damaged or foreign file
+        raise CheckpointError(f"cannot read training state from {file}: damaged, or not a training state "
+                              "written by lorakit (only tensors and plain values are loaded)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"cannot read training state from {file}: it holds a {type(state).__name__}, "
+                              "not the dict a lorakit checkpoint holds")
+    return state
 
 
 def average_checkpoints(paths: list[str | Path]) -> dict[str, Tensor]:

@@ -40,6 +40,8 @@ __all__ = [
 class ConfigError(LorakitError, ValueError):
     """One or more problems in a config; ``problems`` holds ``(json_path, message)`` pairs."""
 
+    exit_code = 2  # a usage/config error
+
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
         self.problems = list(problems)
         self.source = source
@@ -560,17 +562,25 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
     return out
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a syntax error is reported with line and column."""
+def read_json(path: str | Path) -> dict:
+    """Read a config file: UTF-8 JSON holding an object; a syntax error is reported with line and column."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([("$", f"config file not found: {path}")], str(path))
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError([("$", f"not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                                 "save the file as UTF-8")], str(path)) from None
+    except OSError as err:
+        raise ConfigError([("$", f"cannot read the file: {err.strerror or err}")], str(path)) from None
     except json.JSONDecodeError as err:
         raise ConfigError(
             [("$", f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}")], str(path)
         ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([("$", f"the config must be a JSON object {{...}}, got {_type_name(raw)}")], str(path))
+    return raw
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Section:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from .build import SequenceClassifier, build_configured_model, load_tokenizer, s
 from .config import Section
 from .errors import TrainingError, WorkdirError
 from .loop import autocast_dtype, evaluate, format_metrics, load_split, predict_dataset, require_data_dir
+from .run_dir import remove_leftovers
 from .tasks import task_from_config
 
 __all__ = ["evaluate_workdir", "generate_workdir", "export_workdir", "LoadedRun", "load_run"]
@@ -122,6 +124,8 @@ def load_run(cfg: Section, workdir: str | Path, checkpoint: str | None, average:
     """Rebuild a run's model from its config and load the chosen checkpoint(s); read ``split`` (unless
     ``with_data`` is false: then ``dataset`` is empty)."""
     workdir = Path(workdir)
+    # a killed writer's temp files; only old ones, since a training run may be writing beside this evaluation
+    remove_leftovers(workdir, lambda m: print(m, file=sys.stderr), min_age_s=600)
     found = ckpt.list_checkpoints(workdir / "checkpoints")
     if not found:
         raise WorkdirError(f"{workdir} holds no complete checkpoint")
@@ -134,7 +138,7 @@ def load_run(cfg: Section, workdir: str | Path, checkpoint: str | None, average:
             raise WorkdirError(f"no checkpoint {checkpoint!r} in {workdir}; available steps: "
                                f"{[c.step for c in found]}")
     else:
-        chosen = found[-1:]
+        chosen = None  # the newest that reads and fits this run's model
     split = split or cfg.data.eval_split
     dinfo = D.DistInfo(0, 1, 0, D.pick_device(cfg.training.device, 0))
     task = task_from_config(cfg)
@@ -144,13 +148,40 @@ def load_run(cfg: Section, workdir: str | Path, checkpoint: str | None, average:
         dataset = load_split(task, split, require_data_dir(cfg), cfg.data.max_eval_examples, tokenizer, cfg)
     seed_everything(cfg.training.seed, cfg.training.deterministic)
     model = build_configured_model(cfg, task)
-    state = ckpt.average_checkpoints([c.path for c in chosen]) if len(chosen) > 1 else \
-        ckpt.load_model_state(chosen[0].path)
-    unknown = sorted(set(state) - set(model.state_dict()))
-    if unknown:
-        raise ckpt.CheckpointError(f"checkpoint tensors {unknown[:3]} do not exist in the model built from "
-                                   f"{workdir / 'config.json'}; was the config edited after training?")
+    if chosen is None:
+        chosen, state = _newest_usable(found, model, workdir)
+    else:
+        state = ckpt.average_checkpoints([c.path for c in chosen]) if len(chosen) > 1 else \
+            ckpt.load_model_state(chosen[0].path)
+        _check_fits(state, model, chosen[0].path if len(chosen) == 1 else workdir / "checkpoints", workdir)
     model.load_state_dict(state, strict=False)
     model.to(dinfo.device)
     amp = autocast_dtype(cfg.training.precision, dinfo.device, lambda _m: None)
     return LoadedRun(model, task, dataset, split, [c.step for c in chosen], dinfo, amp)
+
+
+def _check_fits(state: dict[str, torch.Tensor], model: nn.Module, source: Path, workdir: Path) -> None:
+    """Raise ``CheckpointError`` unless every tensor of ``state`` exists in ``model`` with the same shape."""
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise ckpt.CheckpointError(f"checkpoint tensors {unknown[:3]} of {source} do not exist in the model built "
+                                   f"from {workdir / 'config.json'}; was the config edited after training?")
+    ckpt.check_tensors(source, state, {k: own[k].shape for k in state})
+
+
+def _newest_usable(found: list[ckpt.CheckpointInfo], model: nn.Module,
+                   workdir: Path) -> tuple[list[ckpt.CheckpointInfo], dict[str, torch.Tensor]]:
+    """The newest checkpoint whose tensors read and fit ``model``; damaged ones are skipped with a warning."""
+    problems = []
+    for info in reversed(found):
+        try:
+            state = ckpt.load_model_state(info.path)
+            _check_fits(state, model, info.path / ckpt.MODEL_FILE, workdir)
+            return [info], state
+        except ckpt.CheckpointError as err:
+            problems.append(str(err))
+            print(f"warning: skipping checkpoint {info.path.name}: {err}", file=sys.stderr)
+    raise ckpt.CheckpointError(f"no usable checkpoint in {workdir / 'checkpoints'} ({len(problems)} tried):\n  "
+                               + "\n  ".join(problems))
+

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lorakit.errors import processing
 from lorakit.fileio import atomic_write, json_safe
 
 from . import checkpoint as ckpt
@@ -122,10 +123,11 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     # 1. data: read, check and tokenize both splits
     task = task_from_config(cfg)
     data_dir = require_data_dir(cfg)
-    tokenizer = load_tokenizer(cfg.model)
-    train_set = load_split(task, cfg.data.train_split, data_dir, cfg.data.max_train_examples, tokenizer, cfg,
-                           training=True)
-    dev_set = load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
+    with processing(f"reading the data in {data_dir}"):
+        tokenizer = load_tokenizer(cfg.model)
+        train_set = load_split(task, cfg.data.train_split, data_dir, cfg.data.max_train_examples, tokenizer, cfg,
+                               training=True)
+        dev_set = load_split(task, cfg.data.eval_split, data_dir, cfg.data.max_eval_examples, tokenizer, cfg)
     micro = _micro_batch_size(cfg, dinfo, len(train_set))
     _check_metric_name(cfg, task, task.reported_metrics())  # a typo in evaluation.metric fails now
 
@@ -134,18 +136,19 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
 
     # 2. model: seeded build, then the fine-tuning method decides what trains
     seed_everything(cfg.training.seed, cfg.training.deterministic)
-    model = build_configured_model(cfg, task)
-    for note in getattr(model, "lorakit_load_notes", ()):  # e.g. a masked-LM head built new
-        say(note)
-    init_info = init_from_run(model, cfg, say) if cfg.model.init_from is not None else None
-    task.check_model(model)  # e.g. sequences longer than the model's positions
+    with processing(f"building the model ({cfg.method.name})"):
+        model = build_configured_model(cfg, task)
+        for note in getattr(model, "lorakit_load_notes", ()):  # e.g. a masked-LM head built new
+            say(note)
+        init_info = init_from_run(model, cfg, say) if cfg.model.init_from is not None else None
+        task.check_model(model)  # e.g. sequences longer than the model's positions
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     params = parameter_counts(model)
 
-    # 3. workdir: same run -> resume, other run -> refuse (unless --force / --resume); rank 0 decides
-    start_from = run_dir.prepare_workdir(workdir, cfg, resume=resume, force=force) if dinfo.is_main else None
-    start_from = D.broadcast_object(None if start_from is None else str(start_from.path), dinfo)
-    D.barrier(dinfo)
+    # 3. workdir: same run -> resume, other run -> refuse (unless --force / --resume); nothing written yet
+    candidates = run_dir.prepare_workdir(workdir, cfg, resume=resume, force=force) if dinfo.is_main else []
+    candidates = [Path(p) for p in D.broadcast_object([str(c.path) for c in candidates], dinfo)]
+    chosen = run_dir.pick_checkpoint(candidates, model, trainable, say)  # read and checked, not loaded yet
 
     # 4. device, precision, processes; optimizer over the trainable parameters only
     amp_dtype = autocast_dtype(cfg.training.precision, dinfo.device, say)
@@ -158,15 +161,21 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     scheduler = build_scheduler(optimizer, cfg.schedule, total_steps, say)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp_dtype == torch.float16))  # loss scaling for fp16 only
 
-    # 5. resume: trainable tensors, optimizer, scheduler, RNG and loop state
+    # 5. resume from the newest checkpoint that reads and fits (others skipped with a warning); only now is the
+    #    workdir written
     state = LoopState()
-    if start_from is not None:
-        state = run_dir.restore_state(Path(start_from), model, optimizer, scheduler, scaler, dinfo, trainable)
+    start_from = None if chosen is None else chosen[0]
+    if chosen is not None:
+        with processing(f"loading checkpoint {start_from}"):
+            state = run_dir.restore_state(chosen, model, optimizer, scheduler, scaler, dinfo, trainable)
         say(f"resuming from {start_from} (step {state.step} of {total_steps})")
     if pruner is not None:  # method prune: masked gradients, re-zeroed and re-pruned after every step
         pruner.end_step = max(1, round(cfg.method.prune_end * total_steps))
         pruner.resume(state.step)
         pruner.attach(optimizer)
+    if dinfo.is_main:
+        run_dir.start_workdir(workdir, cfg, force=force, resumed=chosen is not None, say=say)
+    D.barrier(dinfo)
     log = RunLogger(workdir, cfg.logging, enabled=dinfo.is_main, resume_step=state.step)
     say(f"{task.name}: {len(train_set)} train / {len(dev_set)} dev examples; {cfg.method.name}: "
         f"{params['trainable']:,} of {params['total']:,} parameters train ({params['percent']:.3f}%); "

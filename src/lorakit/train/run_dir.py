@@ -11,10 +11,13 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import platform
 import random
 import shutil
 import sys
+import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lorakit.fileio import atomic_write, json_safe
+from lorakit.fileio import TMP_SUFFIX, atomic_write, json_safe, remove_temp_files
 
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -30,7 +33,8 @@ from .build import build_configured_model, seed_everything
 from .config import Section, config_diff
 from .errors import WorkdirError
 
-__all__ = ["RUN_OUTPUTS", "LoopState", "prepare_workdir", "save_state", "restore_state", "export_adapter",
+__all__ = ["RUN_OUTPUTS", "LoopState", "check_workdir_usable", "prepare_workdir", "start_workdir",
+           "remove_leftovers", "pick_checkpoint", "save_state", "restore_state", "export_adapter",
            "RunLogger", "file_size", "versions"]
 
 # What a run writes into its workdir (``--force`` removes exactly these, nothing else).
@@ -56,22 +60,41 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("logging", "name")}
 
 
-def prepare_workdir(workdir: Path, cfg: Section, *, resume: bool, force: bool) -> ckpt.CheckpointInfo | None:
-    """Decide fresh start / resume; on a clash raise before anything is written. Then write config.json."""
+def check_workdir_usable(workdir: Path) -> None:
+    """Raise ``WorkdirError`` unless ``workdir`` is a folder (or can become one) that lorakit can write into.
+
+    The nearest existing folder is probed by creating and removing one temporary file in it."""
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {workdir} is an existing file, not a folder; pick another --workdir")
+    existing = workdir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WorkdirError(f"--workdir {workdir}: {existing} is a file, so the folder cannot be created; "
+                           "pick another --workdir")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lorakit-probe.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise WorkdirError(f"--workdir {workdir}: cannot write into {existing} ({err.strerror or err}); "
+                           "fix its permissions or pick another --workdir") from None
+
+
+def prepare_workdir(workdir: Path, cfg: Section, *, resume: bool, force: bool) -> list[ckpt.CheckpointInfo]:
+    """Decide fresh start / resume without writing anything; on a clash raise. Returns the checkpoints to
+    resume from, newest first (empty: a fresh start). ``start_workdir`` writes, once every check passed."""
+    check_workdir_usable(workdir)
     stored = workdir / "config.json"
-    start_from = None
     if force:
-        for name in RUN_OUTPUTS:
-            target = workdir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    elif stored.is_file():
+        return []
+    if stored.is_file():
         try:
             old = json.loads(stored.read_text(encoding="utf-8"))
-        except ValueError:
-            raise WorkdirError(f"{stored} is not valid JSON; use --force to start over in {workdir}") from None
+        except (ValueError, OSError):  # UnicodeDecodeError is a ValueError
+            raise WorkdirError(f"{stored} is not valid UTF-8 JSON; use --force to start over in {workdir}") from None
+        if not isinstance(old, dict):
+            raise WorkdirError(f"{stored} does not hold a config object; use --force to start over in {workdir}")
         diff = config_diff(_comparable(old), _comparable(cfg))
         if diff and not resume:
             shown = "\n  ".join(diff[:20]) + ("\n  ..." if len(diff) > 20 else "")
@@ -80,16 +103,76 @@ def prepare_workdir(workdir: Path, cfg: Section, *, resume: bool, force: bool) -
                 "Use --resume to continue it with the new config, --force to start over (deletes its "
                 "checkpoints and results), or another --workdir."
             )
-        ckpt.remove_stale(workdir / "checkpoints")
-        start_from = ckpt.latest_checkpoint(workdir / "checkpoints")
-    elif resume:
+        return list(reversed(ckpt.list_checkpoints(workdir / "checkpoints")))
+    if resume:
         raise WorkdirError(f"--resume: {workdir} holds no run (no config.json); drop --resume to start one")
+    return []
+
+
+def start_workdir(workdir: Path, cfg: Section, *, force: bool, resumed: bool, say=print) -> None:
+    """Write the run's folder now that every check passed: with ``force`` remove the earlier run's outputs,
+    remove what a killed writer left (logged), write config.json; a fresh start drops earlier logs."""
+    if force:
+        for name in RUN_OUTPUTS:
+            target = workdir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    remove_leftovers(workdir, say)
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write(stored, json.dumps(cfg, indent=2) + "\n")
-    if start_from is None:  # a fresh start: drop logs of an earlier attempt that never checkpointed
+    atomic_write(workdir / "config.json", json.dumps(cfg, indent=2) + "\n")
+    if not resumed:  # a fresh start: drop logs of an earlier attempt that never checkpointed
         for name in ("metrics.jsonl", "results.json"):
             (workdir / name).unlink(missing_ok=True)
-    return start_from
+
+
+def remove_leftovers(workdir: Path, say=print, min_age_s: float = 0.0) -> None:
+    """Remove what a killed writer left in this run's folders (the workdir, checkpoints/, adapter/): temporary
+    files of ``atomic_write`` and temporary checkpoint folders, last modified ``min_age_s`` seconds ago or
+    earlier (``lorakit eval`` waits: a training run may be writing next to it); say what was removed."""
+    removed = [p for folder in (workdir, workdir / "checkpoints", workdir / "adapter")
+               for p in remove_temp_files(folder, min_age_s)]
+    ckpt_root = workdir / "checkpoints"
+    if ckpt_root.is_dir():
+        for child in sorted(ckpt_root.iterdir()):
+            if child.name.startswith((".tmp-", ".trash-")) and time.time() - child.stat().st_mtime >= min_age_s:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    if removed:
+        say(f"removed {len(removed)} leftover(s) of an interrupted write: " + ", ".join(str(p) for p in removed))
+
+
+def pick_checkpoint(candidates: list[Path], model: nn.Module, trainable: list[str],
+                    say=print) -> tuple[Path, dict[str, Tensor], dict[str, Any], dict] | None:
+    """The newest of ``candidates`` (newest first) whose files all read and match ``model``'s trainable
+    tensors: ``(path, tensors, training_state, meta)``. A damaged one is skipped with a warning; if there
+    were candidates and none is usable, ``CheckpointError`` says why for each. Touches nothing."""
+    shapes = {n: p.shape for n, p in D.unwrap(model).named_parameters() if n in set(trainable)}
+    problems = []
+    for path in candidates:
+        try:
+            meta = ckpt.read_meta(path)
+            if meta is None:
+                raise ckpt.CheckpointError(f"checkpoint {path} is incomplete (meta.json or a file size)")
+            tensors = ckpt.load_model_state(path)
+            ckpt.check_tensors(path / ckpt.MODEL_FILE, tensors, shapes) if shapes else None
+            state = ckpt.load_training_state(path)
+            if not {"optimizer", "scheduler", "rng"} <= set(state) or not isinstance(meta.get("python_rng"), list):
+                raise ckpt.CheckpointError(f"{path / ckpt.STATE_FILE} lacks the optimizer, scheduler or RNG state "
+                                           "of a lorakit run")
+            _check_optimizer_shapes(path / ckpt.STATE_FILE, state["optimizer"], shapes)
+        except ckpt.CheckpointError as err:
+            problems.append(str(err))
+            say(f"warning: skipping checkpoint {path.name}: {err}")
+            continue
+        return path, tensors, state, meta
+    if problems:
+        raise ckpt.CheckpointError(
+            f"no usable checkpoint to resume from ({len(problems)} tried):\n  " + "\n  ".join(problems) +
+            "\nIf the config changed, rerun with the run's own config; else use --force to start over "
+            "(deletes the checkpoints).")
+    return None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -120,24 +203,33 @@ def save_state(workdir: Path, model, optimizer, scheduler, scaler, state: LoopSt
         raise ckpt.CheckpointError(error)
 
 
-def restore_state(path: Path, model, optimizer, scheduler, scaler, dinfo: D.DistInfo,
-             trainable: list[str]) -> LoopState:
-    meta = ckpt.read_meta(path)
-    if meta is None:
-        raise ckpt.CheckpointError(f"checkpoint {path} is incomplete; delete it to resume from an earlier one")
-    tensors = ckpt.load_model_state(path)
-    missing = sorted(set(trainable) - set(tensors))
-    if missing:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} lacks {len(missing)} trainable tensors of this model (e.g. {missing[0]!r}); "
-            "it was written for another method/target_modules. Use --force to start over."
-        )
+def _check_optimizer_shapes(file: Path, optimizer_state: Any, shapes: dict[str, torch.Size]) -> None:
+    """Raise ``CheckpointError`` unless the per-parameter optimizer tensors (Adam's moments: the shape of their
+    parameter) fit ``shapes`` (parameter name -> shape); scalars such as Adam's step count are not compared."""
+    per_param = optimizer_state.get("state") if isinstance(optimizer_state, dict) else None
+    if not isinstance(per_param, dict):
+        raise ckpt.CheckpointError(f"{file}: its optimizer state is not of a lorakit run")
+    for name, slots in per_param.items():
+        for slot, value in (slots.items() if isinstance(slots, dict) else ()):
+            if name in shapes and isinstance(value, Tensor) and value.dim() > 0 and value.shape != shapes[name]:
+                raise ckpt.CheckpointError(
+                    f"{file}: optimizer state {slot} of {name!r} has shape {tuple(value.shape)}, the model "
+                    f"{tuple(shapes[name])}: it was written by a run with another config (a different LoRA rank)")
+
+
+def restore_state(chosen: tuple[Path, dict[str, Tensor], dict[str, Any], dict], model, optimizer, scheduler,
+                  scaler, dinfo: D.DistInfo, trainable: list[str]) -> LoopState:
+    """Load a checkpoint that ``pick_checkpoint`` read and checked into the model, optimizer and RNGs."""
+    path, tensors, state, meta = chosen
     D.load_full_state(model, {k: tensors[k] for k in trainable})
-    state = ckpt.load_training_state(path)
-    D.load_optimizer_state(model, optimizer, state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+    try:
+        D.load_optimizer_state(model, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ckpt.CheckpointError(f"checkpoint {path}: its optimizer/scheduler state does not fit this run "
+                                   f"({err}); it was written by another config. Use --force to start over.") from None
     rngs = state["rng"]
     mine = rngs[dinfo.rank] if dinfo.rank < len(rngs) else rngs[0]
     torch.set_rng_state(mine["torch"])

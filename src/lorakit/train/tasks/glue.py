@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.data.errors import read_text
 from lorakit.metrics import classification as cm
 
 from .base import DataError, Task, cut_keep_last, pad, register_task
@@ -106,8 +107,7 @@ class GlueTask(Task):
         """Read ``split`` (``train``/``dev``) from ``data_dir``; raise ``DataError`` with file:line."""
         path = self.split_path(split, data_dir)
         spec = self.spec
-        with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: MRPC starts with a BOM
-            lines = fh.read().split("\n")
+        lines = read_text(path).split("\n")  # a BOM (MRPC starts with one) is dropped
         if lines and lines[-1] == "":
             lines.pop()
         start = 0

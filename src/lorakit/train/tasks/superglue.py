@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.data.errors import read_text
+
 from .base import DataError, Task, cut_keep_last, pad, register_task
 
 __all__ = ["SGExample", "SuperGlueSpec", "SUPERGLUE_SPECS", "SuperGlueTask", "CandidateScore"]
@@ -225,24 +227,23 @@ class SuperGlueTask(Task):
         """Read one split; a malformed line raises ``DataError`` with file:line and the expected keys."""
         path = self.split_path(split, data_dir)
         out: list[SGExample] = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    raise DataError(f"{where}: not a JSON object; task {self.name!r} expects the official "
-                                    f"SuperGLUE JSONL layout (one object per line with the keys "
-                                    f"{list(self.spec.keys)} and \"label\")") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: a JSON {type(row).__name__}, not an object")
-                missing = [k for k in self.spec.keys if k not in row]
-                if missing:
-                    raise DataError(f"{where}: lacks {missing}; task {self.name!r} expects lines with the keys "
-                                    f"{list(self.spec.keys)} (is this the {self.spec.folder} file?)")
-                out.extend(self.spec.reader(row, where))
+        for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise DataError(f"{where}: not a JSON object; task {self.name!r} expects the official "
+                                f"SuperGLUE JSONL layout (one object per line with the keys "
+                                f"{list(self.spec.keys)} and \"label\")") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: a JSON {type(row).__name__}, not an object")
+            missing = [k for k in self.spec.keys if k not in row]
+            if missing:
+                raise DataError(f"{where}: lacks {missing}; task {self.name!r} expects lines with the keys "
+                                f"{list(self.spec.keys)} (is this the {self.spec.folder} file?)")
+            out.extend(self.spec.reader(row, where))
         if not out:
             raise DataError(f"{path}: no examples")
         return out
