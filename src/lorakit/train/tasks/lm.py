@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..batches import label_token_count, token_loss_mean, token_loss_sum
 from ..metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
 from .glue import DataError
 
@@ -188,13 +189,18 @@ class LMTask:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.logits if hasattr(out, "logits") else out  # (batch, seq, vocab)
 
+    def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Summed next-token cross-entropy (nats) over the targets of a padded or packed batch, with label
+        smoothing; :meth:`loss_count` counts the targets."""
+        return token_loss_sum(model, batch, self.label_smoothing)
+
+    @staticmethod
+    def loss_count(batch: dict[str, Tensor]) -> int:
+        return label_token_count(batch)
+
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Mean next-token cross-entropy (nats) over the batch's targets, with label smoothing."""
-        logits = self._logits(model, batch).float()  # (batch, seq, vocab)
-        targets = torch.full_like(batch["labels"], -100)
-        targets[:, :-1] = batch["labels"][:, 1:]  # position p predicts token p + 1
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                               label_smoothing=self.label_smoothing)
+        return token_loss_mean(model, batch, self.label_smoothing)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> list[tuple[float, int, int, int, int]]:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..batches import label_token_count, token_loss_mean, token_loss_sum
 from ..distributed import unwrap
 from .glue import DataError
 
@@ -166,13 +166,18 @@ class NLGTask:
         return {"input_ids": input_ids, "attention_mask": mask}
 
     # -- loss / predict ----------------------------------------------------------------------------------
+    def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Summed cross-entropy over the completion tokens of a padded or packed batch (prompt and padding
+        ignored); :meth:`loss_count` counts them."""
+        return token_loss_sum(model, batch, self.label_smoothing)
+
+    @staticmethod
+    def loss_count(batch: dict[str, Tensor]) -> int:
+        return label_token_count(batch)
+
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Mean cross-entropy over the completion tokens of the batch (prompt and padding ignored)."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shifted = logits[:, :-1].float()  # (batch, seq - 1, vocab): position t predicts token t + 1
-        targets = batch["labels"][:, 1:]  # (batch, seq - 1)
-        return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                               label_smoothing=self.label_smoothing)
+        return token_loss_mean(model, batch, self.label_smoothing)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> list[str]:

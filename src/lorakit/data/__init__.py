@@ -1,0 +1,1 @@
+"""Datasets and data preparation without training (see ARCHITECTURE.md)."""
