@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorakit.data.packing import IGNORE_INDEX, forward_inputs, pack_batch
 
 __all__ = ["training_batch", "loss_count", "loss_sum", "token_loss_sum", "token_loss_mean", "label_token_count",
-           "step_scale"]
+           "step_scale", "pad_right"]
 
 
 def training_batch(task: Any, items: Sequence[dict], max_length: int | None, data_cfg: Any) -> tuple[dict, int]:
@@ -55,6 +56,20 @@ def loss_sum(task: Any, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     if hasattr(task, "loss_sum"):
         return task.loss_sum(model, batch)
     return task.loss(model, batch) * loss_count(task, batch)
+
+
+def pad_right(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
+    """Token-id lists -> a right-padded causal-LM batch: ``input_ids``, ``attention_mask``, ``labels``
+    ``(batch, longest)`` int64 (labels -100 on the padding)."""
+    width = max(len(s) for s in input_ids)
+    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    label_t = torch.full((len(input_ids), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for i, (s, lab) in enumerate(zip(input_ids, labels, strict=True)):
+        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+        label_t[i, :len(lab)] = torch.as_tensor(lab, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": label_t}
 
 
 def label_token_count(batch: dict[str, Tensor]) -> int:

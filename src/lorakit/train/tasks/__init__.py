@@ -43,7 +43,7 @@ __all__ = ["DataError", "GlueTask", "NLGTask", "NQTask", "SquadTask", "SuperGlue
            "is_lower_better", "task_from_config"]
 
 LM_TASKS = ("wikitext", "enwik8", "text8", "text")
-TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, "nq", *SUPERGLUE_SPECS, *NLG_TASKS, *LM_TASKS)
+TASKS: tuple[str, ...] = (*TASK_SPECS, *SQUAD_VERSIONS, "nq", *SUPERGLUE_SPECS, *NLG_TASKS, *LM_TASKS, "sft")
 
 _ALIASES = {"squadv2": "squad_v2", "squad2": "squad_v2", "squad_v1": "squad", "squadv1": "squad", "squad1": "squad",
             "superglue/rte": "superglue_rte", "superglue-rte": "superglue_rte", "sg_rte": "superglue_rte",
@@ -55,7 +55,8 @@ def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
     """A task plugin by name (``quickstart``, ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``rte``, ``qqp``, ``mnli``,
     ``mnli_mm``, ``qnli``, ``squad``, ``squad_v2``, ``nq`` (option ``keep_html``), SuperGLUE ``boolq``, ``cb``,
     ``copa``, ``superglue_rte``, ``wic``, ``wsc``, ``multirc``, ``record``; NLG ``e2e``, ``webnlg``, ``dart`` (option
-    ``generation``); language modelling ``wikitext``, ``enwik8``, ``text8``, ``text`` (option ``stride``))."""
+    ``generation``); language modelling ``wikitext``, ``enwik8``, ``text8``, ``text`` (option ``stride``); supervised
+    fine-tuning on JSONL prompts/completions or chats ``sft``)."""
     key = _ALIASES.get(name.lower(), name.lower())
     key = key.replace("-", "").replace("superglue/", "").replace("glue/", "")
     key = _ALIASES.get(key, key)
@@ -65,6 +66,10 @@ def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Any:
         from .lm import get_lm_task
 
         return get_lm_task(key, label_smoothing=label_smoothing, **options)
+    if key == "sft":
+        from .sft import SFTTask
+
+        return SFTTask(label_smoothing=label_smoothing, **options)
     if key in SQUAD_VERSIONS:
         return SquadTask(key, label_smoothing=label_smoothing, **options)
     if key == "nq":

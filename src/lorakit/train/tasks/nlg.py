@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..batches import label_token_count, token_loss_mean, token_loss_sum
+from ..batches import label_token_count, pad_right, token_loss_mean, token_loss_sum
 from ..distributed import unwrap
 from .glue import DataError
 
@@ -145,17 +145,8 @@ class NLGTask:
         evaluation items -> left-padded prompts ``input_ids``, ``attention_mask`` ``(batch, prompt_len)``
         (generation appends at the right end)."""
         if "labels" in items[0]:
-            ids = [it["input_ids"][:max_length] for it in items]
-            labels = [it["labels"][:max_length] for it in items]
-            width = max(len(s) for s in ids)
-            input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-            label_t = torch.full((len(ids), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for i, (s, lab) in enumerate(zip(ids, labels, strict=True)):
-                input_ids[i, :len(s)] = torch.tensor(s)
-                label_t[i, :len(lab)] = torch.tensor(lab)
-                mask[i, :len(s)] = 1
-            return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
+            return pad_right([it["input_ids"][:max_length] for it in items],
+                             [it["labels"][:max_length] for it in items], self.pad_id)
         prompts = [it["prompt_ids"] for it in items]
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
