@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from lorakit.data.packing import IGNORE_INDEX, forward_inputs, pack_batch
 
 __all__ = ["training_batch", "loss_count", "loss_sum", "token_loss_sum", "token_loss_mean", "label_token_count",
-           "step_scale", "pad_right"]
+           "step_scale", "pad_right", "TokenLoss"]
 
 
 def training_batch(task: Any, items: Sequence[dict], max_length: int | None, data_cfg: Any) -> tuple[dict, int]:
@@ -93,6 +93,24 @@ def token_loss_sum(model: nn.Module, batch: dict[str, Tensor], label_smoothing: 
 def token_loss_mean(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0) -> Tensor:
     """:func:`token_loss_sum` divided by the number of targets (0 for a batch without any)."""
     return token_loss_sum(model, batch, label_smoothing) / max(1, label_token_count(batch))
+
+
+class TokenLoss:
+    """The loss methods of a causal-LM task (a mixin; the task sets ``label_smoothing``): next-token
+    cross-entropy on the label tokens of a padded or packed batch, as a sum (:meth:`loss_sum`) with its count
+    (:meth:`loss_count`) for the loop, and as a mean (:meth:`loss`)."""
+
+    label_smoothing: float = 0.0
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return token_loss_sum(model, batch, self.label_smoothing)
+
+    @staticmethod
+    def loss_count(batch: dict[str, Tensor]) -> int:
+        return label_token_count(batch)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return token_loss_mean(model, batch, self.label_smoothing)
 
 
 def step_scale(total_terms: float, world_size: int) -> float:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batches import label_token_count, token_loss_mean, token_loss_sum
+from ..batches import TokenLoss
 from ..metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
 from .glue import DataError
 
@@ -66,7 +66,7 @@ class Segment:
 _PIECE = 10_000
 
 
-class LMTask:
+class LMTask(TokenLoss):
     """Causal-LM fine-tuning and strided evaluation on one corpus layout."""
 
     model_kind = "causal_lm"
@@ -188,19 +188,6 @@ class LMTask:
     def _logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.logits if hasattr(out, "logits") else out  # (batch, seq, vocab)
-
-    def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Summed next-token cross-entropy (nats) over the targets of a padded or packed batch, with label
-        smoothing; :meth:`loss_count` counts the targets."""
-        return token_loss_sum(model, batch, self.label_smoothing)
-
-    @staticmethod
-    def loss_count(batch: dict[str, Tensor]) -> int:
-        return label_token_count(batch)
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Mean next-token cross-entropy (nats) over the batch's targets, with label smoothing."""
-        return token_loss_mean(model, batch, self.label_smoothing)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> list[tuple[float, int, int, int, int]]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..batches import label_token_count, pad_right, token_loss_mean, token_loss_sum
+from ..batches import TokenLoss, pad_right
 from ..distributed import unwrap
 from .glue import DataError
 
@@ -39,7 +39,7 @@ _METRIC_NAMES = {  # (all, fast): what metrics() reports in each mode
 }
 
 
-class NLGTask:
+class NLGTask(TokenLoss):
     """Conditional generation with a causal LM: ``model_kind = "causal_lm"``.
 
     ``generation``: the config's ``generation`` section (or ``None`` for its defaults); it also says
@@ -157,19 +157,6 @@ class NLGTask:
         return {"input_ids": input_ids, "attention_mask": mask}
 
     # -- loss / predict ----------------------------------------------------------------------------------
-    def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Summed cross-entropy over the completion tokens of a padded or packed batch (prompt and padding
-        ignored); :meth:`loss_count` counts them."""
-        return token_loss_sum(model, batch, self.label_smoothing)
-
-    @staticmethod
-    def loss_count(batch: dict[str, Tensor]) -> int:
-        return label_token_count(batch)
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Mean cross-entropy over the completion tokens of the batch (prompt and padding ignored)."""
-        return token_loss_mean(model, batch, self.label_smoothing)
-
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> list[str]:
         """Decode each prompt of the batch with the ``generation`` settings; one string per row."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batches import label_token_count, pad_right, token_loss_mean, token_loss_sum
+from ..batches import TokenLoss, pad_right
 from .glue import DataError
 
 __all__ = ["SFTExample", "SFTTask", "read_jsonl"]
@@ -91,7 +91,7 @@ def _example(line: str, source: str) -> SFTExample:
     return SFTExample((("user", prompt), ("assistant", completion)), source)
 
 
-class SFTTask:
+class SFTTask(TokenLoss):
     """Supervised fine-tuning on prompt/completion pairs or chats: ``model_kind = "causal_lm"``."""
 
     model_kind = "causal_lm"
@@ -148,18 +148,6 @@ class SFTTask:
         cuts every sequence (random sequence length)."""
         return pad_right([it["input_ids"][:max_length] for it in items], [it["labels"][:max_length] for it in items],
                          self.pad_id)
-
-    def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Summed cross-entropy over the completion tokens of a padded or packed batch."""
-        return token_loss_sum(model, batch, self.label_smoothing)
-
-    @staticmethod
-    def loss_count(batch: dict[str, Tensor]) -> int:
-        return label_token_count(batch)
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Mean cross-entropy over the completion tokens of the batch."""
-        return token_loss_mean(model, batch, self.label_smoothing)
 
     # -- predict / metrics ---------------------------------------------------------------------------
     @torch.no_grad()
