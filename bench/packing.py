@@ -6,6 +6,7 @@ Run from the repository root::
     python -m bench.packing --quick         # smoke run: small vocabulary, 1 round (numbers meaningless)
     python -m bench.packing --update-md     # also write the results into BENCHMARKS.md
     python -m bench.packing --memory-only lorakit-packed   # one variant's peak RSS growth over one step (JSON)
+    python -m bench.packing --positions --update-md        # positions per real token by batch size (seconds)
 
 Data: the training pairs of the real E2E ``trainset.csv`` (``$LORAKIT_DATA`` or ``../shared/data``), encoded
 exactly as ``task: e2e`` encodes them for training (prompt ``{mr}\\n`` + reference + EOS, real GPT-2 BPE, loss on
@@ -142,6 +143,34 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def positions_table(args) -> str:
+    """Positions computed per real token, padded (to the longest pair of each batch) and packed (rows of
+    ``--row-length``), over consecutive batches of 4,096 shuffled E2E training pairs. With a step whose cost
+    is proportional to positions (here the LM head dominates), padded / packed is the speed-up packing can give."""
+    items, _task = e2e_items(4096)
+    lengths = [len(it["input_ids"]) for it in items]
+    rows = []
+    for size in (4, 8, 16, 32, 64, 128):
+        real = padded = packed = 0
+        for k in range(0, len(lengths) - size + 1, size):
+            chunk = lengths[k:k + size]
+            real += sum(chunk)
+            padded += max(chunk) * size
+            layout = pack_rows(chunk, args.row_length)
+            packed += len(layout) * max(sum(chunk[i] for i in row) for row in layout)
+        rows.append([size, f"{padded / real:.3f}", f"{packed / real:.3f}", f"{padded / packed:.2f}"])
+    return "\n".join([
+        f"Command: `{common.command_line('bench.packing')}` (from the repository root)", "",
+        f"Code: lorakit at commit {common.git_revision()}", "",
+        f"{len(lengths)} real E2E training pairs (shuffled, seed 0), tokens per pair: min {min(lengths)}, mean "
+        f"{sum(lengths) / len(lengths):.1f}, max {max(lengths)}; packed rows of {args.row_length} tokens. No model "
+        "runs: these are counts. When the step's cost is proportional to the positions, the last column is the "
+        "largest speed-up packing can give over dynamic padding at that batch size.", "",
+        common.markdown_table(["pairs per batch", "padded positions / real token", "packed positions / real token",
+                               "padded / packed"], rows),
+    ])
+
+
 def memory_only(variant: str, args) -> dict:
     """Peak RSS growth over one step (Linux: the peak is reset through /proc/self/clear_refs after the model
     and the batch are built, so building does not hide the step's peak)."""
@@ -171,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=SHAPE["vocab_size"])
     ap.add_argument("--quick", action="store_true", help="vocabulary 50,257, 1 round: a smoke run")
     ap.add_argument("--memory-only", choices=VARIANTS, default=None)
+    ap.add_argument("--positions", action="store_true", help="only the positions-per-real-token table")
     common.add_update_md_argument(ap)
     args = ap.parse_args(argv)
     if args.quick:
@@ -178,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_only:
         print(json.dumps(memory_only(args.memory_only, args)))
         return 0
+    if args.positions:
+        return common.publish_section("bench.packing: positions per real token on E2E, padded vs packed",
+                                      positions_table(args), args.update_md)
     log = common.progress_logger()
     load_before = common.load_average()
     items, task = e2e_items(args.examples * (args.rounds + 1))

@@ -52,12 +52,16 @@ def _token_losses(model, batch) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="none")
 
 
-def test_rows_are_filled_first_fit_decreasing_and_hold_every_example_once():
-    rows = pack_rows([5, 9, 3, 12, 7, 2], 16)
-    assert rows == [[2, 3], [1, 4], [0, 5]]  # 12+3, 9+7, 5+2
+def test_rows_are_few_evenly_filled_and_hold_every_example_once():
+    lengths = [5, 9, 3, 12, 7, 2]  # 38 tokens: first-fit decreasing into rows of 16 needs 3 rows (12+3, 9+7, 5+2)
+    rows = pack_rows(lengths, 16)
+    assert rows == [[3, 5], [0, 1], [2, 4]]  # 12+2, 5+9, 3+7: 3 rows no wider than 14 (13 would need 4)
     assert sorted(i for row in rows for i in row) == list(range(6))
+    assert max(sum(lengths[i] for i in row) for row in rows) == 14
     assert pack_rows([4, 4, 4, 4], 16) == [[0, 1, 2, 3]]
     assert pack_rows([16, 16], 16) == [[0], [1]]
+    assert pack_rows([10, 1, 1, 1, 1, 1, 1], 16) == [[0, 1, 2, 3, 4, 5, 6]]
+    assert pack_rows([], 16) == []
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -67,7 +71,8 @@ def test_packed_per_example_losses_and_lora_gradients_equal_the_padded_ones(kind
     padded = _padded_batch(lengths)
     packed = pack_batch(padded, row_length=16)
     rows = pack_rows(lengths, 16)
-    assert packed["input_ids"].shape == (len(rows), 16) and "attention_mask" not in packed
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    assert packed["input_ids"].shape == (len(rows), width) and width <= 16 and "attention_mask" not in packed
     model = _model(kind, attention)
 
     unpacked_losses = _token_losses(model, padded)
@@ -104,12 +109,12 @@ def test_packing_without_position_ids_would_mix_examples():
 
 def test_positions_restart_and_first_labels_and_the_tail_are_ignored():
     padded = _padded_batch([3, 2, 6], prompt=0)
-    packed = pack_batch(padded, row_length=8)  # rows: examples 1 + 2 (full), example 0 + a tail of 5
-    assert packed["position_ids"].tolist() == [[0, 1, 0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 2, 3, 4]]
+    packed = pack_batch(padded, row_length=8)  # rows of 6: example 2; examples 0 + 1 and a tail of 1
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 0]]
     ids = padded["input_ids"]
-    assert packed["input_ids"][0].tolist() == ids[1, :2].tolist() + ids[2, :6].tolist()
-    assert packed["labels"].tolist() == [[-100, ids[1, 1].item(), -100, *ids[2, 1:6].tolist()],
-                                         [-100, *ids[0, 1:3].tolist(), -100, -100, -100, -100, -100]]
+    assert packed["input_ids"][1, :5].tolist() == ids[0, :3].tolist() + ids[1, :2].tolist()
+    assert packed["labels"].tolist() == [[-100, *ids[2, 1:6].tolist()],
+                                         [-100, *ids[0, 1:3].tolist(), -100, ids[1, 1].item(), -100]]
 
 
 def test_an_example_longer_than_a_row_is_named_or_cut_when_truncate_says_so():
@@ -117,7 +122,7 @@ def test_an_example_longer_than_a_row_is_named_or_cut_when_truncate_says_so():
     with pytest.raises(PackingError, match=r"example 1 has 12 tokens.*data.max_length=8.*data.truncate") as err:
         pack_batch(padded, row_length=8)
     assert isinstance(err.value, LorakitError) and isinstance(err.value, ValueError)
-    cut = pack_batch(padded, row_length=8, truncate=True)
+    cut = pack_batch(padded, row_length=8, truncate=True)  # 5 + 8 + 4 tokens: rows of 8
     assert cut["input_ids"].shape[1] == 8
     assert int((cut["position_ids"] == 0).sum()) >= 3  # every example starts a segment
     assert padded["input_ids"].shape == (3, 12)  # the input batch is left as it was

@@ -17,7 +17,8 @@ one. Packing concatenates the examples into rows of at most ``row_length`` token
 
 The unused tail of a row (rows are padded to the longest row only) is one more segment with labels -100, so it
 is attended by nothing real. :func:`pack_rows` decides which examples share a row (first-fit decreasing, which
-keeps the number of rows small); :func:`pack_batch` turns a right-padded batch into a packed one.
+keeps the number of rows small, then evenly filled rows, which keeps their common width small);
+:func:`pack_batch` turns a right-padded batch into a packed one.
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ class PackingError(LorakitError, ValueError):
 
 
 def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
-    """Group examples of ``lengths`` tokens into rows of at most ``row_length`` tokens.
+    """Group examples of ``lengths`` tokens into as few rows of at most ``row_length`` tokens as first-fit
+    decreasing finds, as evenly filled as it can.
 
     First-fit decreasing: the examples, longest first (ties in input order), each go into the first row with
-    room. Returns the rows as lists of example indices (each row's indices ascending); deterministic.
+    room. That gives the number of rows ``k``; the rows are then refilled the same way with the smallest
+    capacity (found by bisection, from ``max(longest, ceil(total / k))`` up to ``row_length``) that still
+    needs no more than ``k`` rows, so the longest row, which all rows are padded to, is as short as possible.
+    Returns the rows as lists of example indices (each row's indices ascending); deterministic.
     Raises :class:`PackingError` if an example is longer than ``row_length`` or ``row_length < 1``.
     """
     if row_length < 1:
@@ -51,6 +56,19 @@ def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
         if n > row_length:
             raise PackingError(f"example {index} has {n} tokens, more than a packed row of data.max_length="
                                f"{row_length}; raise data.max_length or set data.truncate: true to cut it")
+    rows = _first_fit_decreasing(lengths, row_length)
+    low = max(max(lengths, default=0), -(-sum(lengths) // max(len(rows), 1)))
+    high = row_length  # fits in len(rows) rows
+    while low < high:  # the smallest capacity that keeps the number of rows (FFD is near-monotone in it)
+        mid = (low + high) // 2
+        if len(_first_fit_decreasing(lengths, mid)) <= len(rows):
+            high = mid
+        else:
+            low = mid + 1
+    return [sorted(row) for row in _first_fit_decreasing(lengths, high)]
+
+
+def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     rows: list[list[int]] = []
     room: list[int] = []
@@ -62,8 +80,8 @@ def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
                 break
         else:
             rows.append([i])
-            room.append(row_length - lengths[i])
-    return [sorted(row) for row in rows]
+            room.append(capacity - lengths[i])
+    return rows
 
 
 def pack_batch(batch: dict[str, Tensor], row_length: int, *, truncate: bool = False) -> dict[str, Tensor]:
