@@ -184,7 +184,7 @@ SCHEMA: dict[str, Field] = {
         packing=Field(
             "bool", False,
             help="causal-LM tasks (e2e, webnlg, dart, language modelling, sft): each training micro-batch's examples "
-                 "are packed into rows of max_length tokens, without padding; positions restart and attention stays "
+                 "are packed into rows of at most max_length tokens, without padding; positions restart and attention stays "
                  "inside each example, so the per-example losses are those of the padded batch. Evaluation and "
                  "generation stay unpacked",
         ),
@@ -496,7 +496,7 @@ def _packing_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
         problems.append(("$.data.packing", f"packs causal-LM training examples ({', '.join(CAUSAL_LM_TASKS)}); "
                                            f"task {name!r} is not one: set data.packing to false"))
     if d.get("random_length") is not None:
-        problems.append(("$.data.packing", "packing fills rows of data.max_length tokens and data.random_length "
+        problems.append(("$.data.packing", "packing fills rows of up to data.max_length tokens and data.random_length "
                                            "cuts every example: set one of them only"))
     method = meth.get("name") if isinstance(meth, dict) else None
     if isinstance(method, str) and method.startswith("prefix"):
