@@ -145,7 +145,7 @@ def test_only_ter_language_model_metrics_and_losses_are_lower_is_better():
     lm = {"nll_per_token", "ppl", "bpc", "bpb"}
     assert {name: names for name, names in minimised.items() if names} == {
         "webnlg": {"TER", "TER_seen", "TER_unseen"}, "dart": {"TER"},
-        "wikitext": lm | {"word_ppl"}, "enwik8": lm, "text8": lm, "text": lm,
+        "wikitext": lm | {"word_ppl"}, "enwik8": lm, "text8": lm, "text": lm, "sft": {"loss", "ppl"},
     }
     assert is_lower_better(get_task("quickstart"), "loss") and is_lower_better(get_task("cola"), "nll")
     assert is_lower_better(get_task("webnlg"), "TER_seen") and not is_lower_better(get_task("webnlg"), "BLEU_seen")
