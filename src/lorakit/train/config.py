@@ -184,9 +184,9 @@ SCHEMA: dict[str, Field] = {
         packing=Field(
             "bool", False,
             help="causal-LM tasks (e2e, webnlg, dart, language modelling, sft): each training micro-batch's examples "
-                 "are packed into rows of at most max_length tokens, without padding; positions restart and attention stays "
-                 "inside each example, so the per-example losses are those of the padded batch. Evaluation and "
-                 "generation stay unpacked",
+                 "are packed into rows of at most max_length tokens, without padding; positions restart and "
+                 "attention stays inside each example, so the per-example losses are those of the padded batch. "
+                 "Evaluation and generation stay unpacked",
         ),
         truncate=Field(
             "bool", False,
