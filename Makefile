@@ -1,19 +1,52 @@
 # Two commands for a fresh machine: `make demo` and `make test` (both create .venv on first use).
+#
+# Every install comes from the lock: requirements.lock pins each package `make demo` and `make test`
+# install, torch and the installer uv included; requirements-bench.lock adds the benchmark-only peers.
+# Nothing is resolved at install time (--no-deps), so a fresh machine gets exactly what CI tested, and a
+# lock that cannot be satisfied stops the install with the installer's error: there is no fallback to
+# unpinned versions. After the install, scripts/lockfile.py check compares the venv with the lock.
+#
+# torch is installed first, by pip (which honours the machine's pip configuration), as the CPU build of the
+# locked release: from the configured indexes if they have it, else from PyTorch's CPU-only index. A GPU
+# machine names its own index:  make test TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu126
+# The rest comes from PyPI through uv, which installs the lock about 4x faster than pip (README).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# torch is installed first and pinned, so that no later requirement pulls a different (CUDA) build.
-# On a machine with internet and no GPU, a CPU build comes from PyTorch's index:
-#   make test TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
-TORCH_SPEC ?= torch==2.13.0
+LOCK := requirements.lock
+BENCH_LOCK := requirements-bench.lock
 TORCH_INDEX ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+# pip runs quietly but keeps its errors; --no-compile: byte-compiling torch's files doubles its install.
+PIP_QUIET := -q --disable-pip-version-check --no-compile
+UV = $(1)/bin/uv pip install --quiet --python $(1)/bin/python --no-deps
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-latest lock lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# $(1): a venv. Installs the lock's pins of uv and torch without dependencies (they are in the lock).
+define install_uv_and_torch
+	@pin=$$(grep -E '^uv==' $(LOCK)) || { echo "$(LOCK) has no 'uv==' pin: regenerate it with 'make lock'"; exit 1; }; \
+	$(1)/bin/python -m pip install $(PIP_QUIET) --no-deps "$$pin"
+	$(call install_torch,$(1)/bin/python)
+endef
+
+define install_torch
+	@pin=$$(grep -E '^torch==' $(LOCK)) || { echo "$(LOCK) has no 'torch==' pin: regenerate it with 'make lock'"; exit 1; }; \
+	if [ -n "$(TORCH_INDEX)" ]; then $(1) -m pip install $(PIP_QUIET) --no-deps $(TORCH_INDEX) "$$pin"; \
+	elif ! $(1) -m pip install $(PIP_QUIET) --no-deps "$$pin" 2>/dev/null; then \
+	  echo "$$pin is not on the configured indexes; trying PyTorch's CPU index"; \
+	  $(1) -m pip install $(PIP_QUIET) --no-deps --extra-index-url $(TORCH_CPU_INDEX) "$$pin"; fi
+endef
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	$(PYTHON) scripts/lockfile.py validate $(LOCK) $(BENCH_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(call install_uv_and_torch,$(VENV))
+	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
+	$(call UV,$(VENV)) -r $(VENV)/lock-without-torch.txt
+	$(call UV,$(VENV)) --no-build-isolation -e .
+	$(PY) -m pip check
+	$(PY) scripts/lockfile.py check $(LOCK) --optional $(BENCH_LOCK)
 	touch $@
 
 demo: $(VENV)/.installed
@@ -23,11 +56,51 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -p no:cacheprovider tests
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
 
-bench: $(VENV)/.installed
+$(VENV)/.bench-installed: $(VENV)/.installed $(BENCH_LOCK)
+	$(call UV,$(VENV)) -r $(BENCH_LOCK)
+	$(PY) scripts/lockfile.py check $(LOCK) $(BENCH_LOCK)
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(PY) -m bench.layers
 	$(PY) -m bench.train_step
 
+# The suite against the newest releases pyproject's ranges allow, in its own venv (the lock is untouched):
+# run it before each release and before `make lock`, to meet the next breaking release before users do.
+# torch stays at the lock's CPU build unless TORCH_LATEST names another (newer CPU builds come from
+# PyTorch's CPU index, which a machine without internet cannot reach).
+LATEST := .venv-latest
+TORCH_LATEST ?=
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install $(PIP_QUIET) uv
+	$(if $(TORCH_LATEST),$(LATEST)/bin/python -m pip install $(PIP_QUIET) --index-url $(TORCH_CPU_INDEX) "$(TORCH_LATEST)",$(call install_torch,$(LATEST)/bin/python))
+	$(LATEST)/bin/uv pip install --quiet --python $(LATEST)/bin/python -e ".[dev]"
+	$(LATEST)/bin/python -m pip check
+	@echo "Versions that differ from $(LOCK):"; $(LATEST)/bin/python scripts/lockfile.py diff $(LOCK)
+	$(LATEST)/bin/python -m pytest -p no:cacheprovider tests
+
+# Regenerate both locks from pyproject's ranges: the newest versions they allow, torch at TORCH_LOCK (a CPU
+# build). Run `make test-latest` first; commit the locks with the change that needed them.
+TORCH_LOCK ?= torch==2.13.0+cpu
+LOCKVENV := .venv-lock
+lock:
+	rm -rf $(LOCKVENV) && $(PYTHON) -m venv $(LOCKVENV)
+	$(LOCKVENV)/bin/python -m pip install $(PIP_QUIET) "$(TORCH_LOCK)" || \
+	  $(LOCKVENV)/bin/python -m pip install $(PIP_QUIET) --extra-index-url $(TORCH_CPU_INDEX) "$(TORCH_LOCK)"
+	$(LOCKVENV)/bin/python -m pip install $(PIP_QUIET) -e ".[dev]" uv
+	$(LOCKVENV)/bin/python -m pip check
+	{ echo "# Generated by 'make lock' from pyproject.toml; do not edit. Installed by make demo / test."; \
+	  $(LOCKVENV)/bin/python scripts/lockfile.py freeze; } > $(LOCK).new
+	$(LOCKVENV)/bin/python -m pip install $(PIP_QUIET) -e ".[dev,bench]"
+	$(LOCKVENV)/bin/python -m pip check
+	{ echo "# Generated by 'make lock'; do not edit. Installed on top of $(LOCK) by make bench."; \
+	  $(LOCKVENV)/bin/python scripts/lockfile.py freeze --allow-cuda --exclude $(LOCK).new; } > $(BENCH_LOCK).new
+	mv $(LOCK).new $(LOCK) && mv $(BENCH_LOCK).new $(BENCH_LOCK)
+	rm -rf $(LOCKVENV)
+	@echo "Wrote $(LOCK) and $(BENCH_LOCK)."
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(LATEST) $(LOCKVENV) runs build *.egg-info src/*.egg-info

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 import lorakit
-from lorakit.adapt import lora_modules
+from lorakit.lora import lora_modules
 
 from . import common
 
@@ -452,7 +452,7 @@ def time_operations(lk: nn.Module, pf: nn.Module, sources: list[Path], names: li
             lorakit.add_weighted_adapter(lk, ["a1", "a2"], COMBINE_WEIGHTS, new, combination_type=ctype)
 
         def lk_reset(new: str = new) -> None:
-            if new in lorakit.adapt.adapter_names(lk):
+            if new in lorakit.lora.adapter_names(lk):
                 lorakit.delete_adapter(lk, new)
 
         def pf_run(ctype: str = ctype, new: str = new) -> None:

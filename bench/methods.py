@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.adapt import lora_modules
+from lorakit.lora import lora_modules
 from lorakit.timing import compare_to_base, forward_timings
-from lorakit.train.commands import _load
-from lorakit.train.loop import _seed_everything, build_configured_model
+from lorakit.train.build import build_configured_model, seed_everything
+from lorakit.train.commands import read_config
 
 from . import common
 
@@ -100,16 +100,16 @@ def build_groups(paths: list[Path], seq_len: int | None, skip_same: bool, info: 
     """Load every config, build its model (and base model once per group) in eval mode; notes go to ``info``."""
     groups: dict[str, Group] = {}
     for path in paths:
-        cfg = _load(str(path), [])
+        cfg = read_config(str(path), [])
         seq = seq_len or cfg.data.max_length
         key = json.dumps([cfg.model, cfg.task.name, seq], sort_keys=True, default=str)
         if key not in groups:
-            _seed_everything(cfg.training.seed, False)
+            seed_everything(cfg.training.seed, False)
             base = build_configured_model(cfg, with_method=False).eval()
             vocab = int(getattr(getattr(base, "encoder", base).config, "vocab_size", 1000))
             groups[key] = Group(seq, base, vocab, [])
         group = groups[key]
-        _seed_everything(cfg.training.seed, False)
+        seed_everything(cfg.training.seed, False)
         model = build_configured_model(cfg).eval()
         same = structure(model) == structure(group.base)
         stem, method = path.stem, cfg.method.name

@@ -17,7 +17,7 @@ mkdir -p "$OUT/corpus"
 "$PY" - "$E2E" "$OUT/corpus" <<'PYEOF'
 import sys
 from pathlib import Path
-from lorakit.train.tasks.nlg_data import read_split
+from lorakit.data.nlg import read_split
 e2e, out = sys.argv[1], Path(sys.argv[2])
 for split, name in (("train", "train.txt"), ("dev", "valid.txt")):
     texts = [ref for example in read_split("e2e", split, e2e) for ref in example.references]

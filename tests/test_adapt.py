@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import lorakit
-from lorakit.adapt import LoraConv, LoraEmbedding, LoraLinear, LoraModule
+from lorakit.lora import LoraConv, LoraEmbedding, LoraLinear, LoraModule
 
 IDS = torch.tensor([[1, 5, 7, 9, 2, 3], [4, 4, 8, 1, 0, 6]])
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from lorakit import cli
@@ -28,3 +31,20 @@ def test_unknown_subcommand_lists_the_known_ones(capsys):
     assert cli.main(["trian"]) == 2
     err = capsys.readouterr().err
     assert "unknown subcommand 'trian'" in err and "train" in err and "score" in err
+
+
+def test_main_py_runs_the_same_dispatcher_with_train_as_the_default(capsys, tmp_path):
+    """``python main.py ARGS`` is ``lorakit train ARGS`` unless ARGS starts with a subcommand name."""
+    missing = tmp_path / "missing.json"
+    assert cli.main(["--config", str(missing), "--workdir", str(tmp_path / "run")], default="train") == 2
+    assert str(missing) in capsys.readouterr().err
+    assert cli.main(["inspect", str(ROOT / "configs" / "quickstart.json")], default="train") == 0
+    assert "attention.self.query: r=8" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+def test_python_dash_m_lorakit_lists_the_subcommands():
+    done = subprocess.run([sys.executable, "-m", "lorakit", "--help"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert done.returncode == 0
+    assert "usage: lorakit SUBCOMMAND" in done.stdout and "lm-eval" in done.stdout and "train" in done.stdout

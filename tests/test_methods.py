@@ -28,7 +28,7 @@ def _meta_classifier(arch: dict) -> nn.Module:
     """The experiment system's SequenceClassifier (encoder + 2-label head) with no storage (meta device)."""
     from transformers import AutoConfig, AutoModel
 
-    from lorakit.train.loop import SequenceClassifier
+    from lorakit.train.build import SequenceClassifier
 
     arch = dict(arch)
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
@@ -300,3 +300,19 @@ def test_conflicting_methods_are_refused():
     inject(lora, LoraConfig(r=2, target_modules=["query"]))
     with pytest.raises(MethodError, match="prefix_embed cannot be combined.*LoRA \\+ BitFit is method 'lora'"):
         apply_method(lora, MethodConfig("prefix_embed"))
+
+
+def test_the_site_table_s_old_name_is_a_deprecated_alias():
+    from lorakit import methods
+
+    with pytest.warns(DeprecationWarning, match="SITE_WRAPPERS"):
+        table = methods.WRAPPERS
+    assert table is methods.SITE_WRAPPERS and "ffn_output" in table
+
+
+def test_method_errors_are_lorakit_errors_and_value_errors():
+    import lorakit
+
+    with pytest.raises(lorakit.MethodError, match="unknown method") as caught:
+        lorakit.MethodConfig(name="lora_plus")
+    assert isinstance(caught.value, lorakit.LorakitError) and isinstance(caught.value, ValueError)

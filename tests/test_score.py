@@ -11,8 +11,8 @@ import pytest
 from helpers import need, shared_data
 
 from lorakit.cli import main as lorakit_main
-from lorakit.train.metrics.classification import glue_metrics
-from lorakit.train.metrics.nlg import group_references, mteval_bleu_nist
+from lorakit.metrics.classification import glue_metrics
+from lorakit.metrics.nlg import group_references, mteval_bleu_nist
 
 
 def _data(relative: str) -> Path:

@@ -23,8 +23,21 @@ __all__ = [
     "mark_only_lora_as_trainable", "lora_state_dict",
 ]
 
-from .adapt import (  # noqa: E402
+from .errors import LorakitError  # noqa: E402
+from .io import (  # noqa: E402
+    AdapterFileError,
+    AdapterFileNotFoundError,
+    convert_loralib_checkpoint,
+    hotswap_adapter,
+    load_adapter,
+    load_checkpoint,
+    save_adapter,
+)
+from .lora import (  # noqa: E402
+    AdapterError,
     LoraConfig,
+    UnknownAdapterError,
+    UnsupportedModuleError,
     active_adapters,
     adapter_batch,
     add_weighted_adapter,
@@ -42,13 +55,6 @@ from .adapt import (  # noqa: E402
     unload,
     unmerge,
 )
-from .io import (  # noqa: E402
-    convert_loralib_checkpoint,
-    hotswap_adapter,
-    load_adapter,
-    load_checkpoint,
-    save_adapter,
-)
 from .methods import (  # noqa: E402
     MethodConfig,
     MethodError,
@@ -65,3 +71,9 @@ __all__ += [
     "load_checkpoint", "convert_loralib_checkpoint", "set_adapter", "active_adapters", "delete_adapter",
     "disable_adapters", "add_weighted_adapter", "adapter_batch", "hotswap_adapter",
 ]
+__all__ += ["LorakitError", "AdapterError", "UnknownAdapterError", "UnsupportedModuleError", "AdapterFileError",
+            "AdapterFileNotFoundError"]
+
+from .losses import LossInputError, causal_lm_loss, count_label_tokens, linear_cross_entropy  # noqa: E402
+
+__all__ += ["linear_cross_entropy", "causal_lm_loss", "count_label_tokens", "LossInputError"]

@@ -1,4 +1,5 @@
-"""The ``lorakit`` command: ``lorakit SUBCOMMAND ...``.
+"""The one command-line dispatcher: ``lorakit SUBCOMMAND ...``, ``python -m lorakit SUBCOMMAND ...`` and
+``python main.py [SUBCOMMAND] ...`` (where a missing subcommand means ``train``).
 
 Each subcommand is a function ``f(argv: list[str]) -> int``, named as ``"module"`` (its ``main``) or
 ``"module:function"``, and imported only when used, so ``lorakit score`` does not pay for the
@@ -22,7 +23,8 @@ def register(name: str, module: str, help_text: str) -> None:
 # register("NAME", "lorakit.MODULE", "one-line help")
 register("convert", "lorakit.convert", "turn a loralib / LoRA-paper checkpoint into a PEFT adapter directory")
 register("score", "lorakit.score", "score any system's outputs with the official NLG/NLU metrics")
-register("train", "lorakit.train.commands", "run a fine-tuning experiment from a JSON config (= python main.py)")
+register("train", "lorakit.train.commands:train_main",
+         "run a fine-tuning experiment from a JSON config (= python main.py)")
 register("eval", "lorakit.train.commands:eval_main", "evaluate a run's checkpoint or the average of its last K")
 register("export", "lorakit.train.commands:export_main",
          "write a trained language-model run (LoRA merged) as a standalone Hugging Face model folder")
@@ -42,8 +44,12 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, default: str | None = None) -> int:
+    """Run ``argv[0]``'s subcommand on the rest; return its exit status. With ``default`` (``main.py``: train),
+    arguments that do not start with a subcommand name all go to that subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if default is not None and (not argv or argv[0] not in COMMANDS):
+        argv = [default, *argv]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

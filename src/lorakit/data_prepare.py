@@ -19,7 +19,7 @@ QQP from GLUE's ``QQP-clean.zip``, QNLI from ``QNLIv2.zip``; MRPC's train/dev sp
 E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.csv``; WebNLG
 ``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
 ``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``). The NLG folders are then read with
-:mod:`lorakit.train.tasks.nlg_data` (a file that does not parse stops the command); a DART folder given with
+:mod:`lorakit.data.nlg` (a file that does not parse stops the command); a DART folder given with
 ``--from`` may hold only some splits.
 """
 
@@ -38,10 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lorakit.errors import LorakitError
+from lorakit.fileio import atomic_write
+
 __all__ = ["PrepareError", "SOURCES", "prepare", "main"]
 
 
-class PrepareError(RuntimeError):
+class PrepareError(LorakitError, RuntimeError):
     """The data cannot be prepared; the message says why and what to do."""
 
 
@@ -58,7 +61,7 @@ class Source:
     extra: dict[str, str | None] = field(default_factory=dict)  # inputs of `build`, with their digests
     optional: tuple[str, ...] = ()  # files that may be missing (noted, not an error)
     partial: bool = False  # with --from: any file may be missing, as long as one is found
-    reader: str = ""  # NLG dataset name: check the prepared folder with lorakit.train.tasks.nlg_data
+    reader: str = ""  # NLG dataset name: check the prepared folder with lorakit.data.nlg
 
 
 _GLUE = "https://dl.fbaipublicfiles.com/glue/data/"
@@ -296,11 +299,16 @@ def _download(urls: dict[str, str], into: Path, say) -> None:
         say(f"downloading {url}")
         (into / name).parent.mkdir(parents=True, exist_ok=True)
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(into / name, "wb") as out:
-                shutil.copyfileobj(resp, out)
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                atomic_write(into / name, lambda path, resp=resp: _save_stream(resp, path))
         except OSError as err:
             raise PrepareError(f"download of {url} failed: {err}; retry, or download it yourself and pass "
                                "--from") from err
+
+
+def _save_stream(stream, path: str) -> None:
+    with open(path, "wb") as out:
+        shutil.copyfileobj(stream, out)
 
 
 def _find(root: Path, name: str) -> Path | None:
@@ -327,20 +335,20 @@ def _build_mrpc(train_txt: Path, dev_ids: Path, out: Path) -> None:
     to dev.tsv, the others to train.tsv; both keep the header line."""
     with open(dev_ids, encoding="utf-8") as fh:
         ids = {tuple(row.strip().split("\t")) for row in fh}
-    with open(train_txt, encoding="utf-8") as data, open(out / "train.tsv", "w", encoding="utf-8") as train, \
-            open(out / "dev.tsv", "w", encoding="utf-8") as dev:
+    with open(train_txt, encoding="utf-8") as data:
         header = data.readline()
-        train.write(header)
-        dev.write(header)
+        train, dev = [header], [header]
         for row in data:
             label, id1, id2, s1, s2 = row.strip().split("\t")
-            (dev if (id1, id2) in ids else train).write(f"{label}\t{id1}\t{id2}\t{s1}\t{s2}\n")
+            (dev if (id1, id2) in ids else train).append(f"{label}\t{id1}\t{id2}\t{s1}\t{s2}\n")
+    atomic_write(out / "train.tsv", "".join(train))
+    atomic_write(out / "dev.tsv", "".join(dev))
 
 
 def _check_readable(dataset: str, folder: Path, say) -> None:
     """Read every split of an NLG dataset found in ``folder`` with the project's reader; PrepareError if one
     does not parse."""
-    from lorakit.train.tasks.nlg_data import DataError, find_split_file, read_split
+    from lorakit.data.nlg import DataError, find_split_file, read_split
 
     for split in ("train", "dev", "test"):
         try:
@@ -410,7 +418,7 @@ def prepare(task: str, to: str | Path, source: str | Path | None = None, say=pri
             _check(found, digest, say)
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             if found.resolve() != (out / name).resolve():
-                shutil.copyfile(found, out / name)
+                atomic_write(out / name, lambda tmp, found=found: shutil.copyfile(found, tmp))  # streamed
             copied += 1
         if spec.partial and not copied and not built:
             raise PrepareError(f"none of {', '.join(spec.files)} found under {root}")

@@ -18,7 +18,7 @@ import difflib
 import json
 import os
 import re
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .adapt import (
+from .errors import LorakitError
+from .fileio import atomic_write
+from .functional import lora_scaling
+from .layers import is_lora_param_name
+from .lora import (
     DEFAULT_ADAPTER,
     LoraConfig,
     LoraConv,
@@ -39,8 +43,16 @@ from .adapt import (
     lora_modules,
     restore_on_error,
 )
-from .functional import lora_scaling
-from .layers import is_lora_param_name
+
+
+class AdapterFileError(LorakitError, ValueError):
+    """An adapter file or checkpoint that cannot be read into this model, or an adapter that PEFT's format
+    cannot hold; nothing was changed."""
+
+
+class AdapterFileNotFoundError(LorakitError, FileNotFoundError):
+    """An adapter directory without its config or weights file."""
+
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -82,7 +94,7 @@ def _module_tensors(module: LoraModule, adapter: str, pissa_to_lora: bool = Fals
     if isinstance(module, LoraConv):
         conv = module.base_layer
         if conv.groups != 1:
-            raise ValueError(
+            raise AdapterFileError(
                 f"PEFT's file format has no LoRA for grouped convolutions (groups={conv.groups}); "
                 "save this model with lorakit.lora_state_dict instead"
             )
@@ -137,21 +149,6 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER,
     return tensors, peft_config
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER,
                  pissa_to_lora: bool = False) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` in PEFT's layout.
@@ -164,9 +161,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     text = json.dumps(peft_config, indent=2, sort_keys=True)
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write(directory / CONFIG_NAME, text)
     return directory
 
 
@@ -179,13 +176,14 @@ def read_peft_config(directory: str | os.PathLike) -> LoraConfig:
     """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: an adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise AdapterFileNotFoundError(f"{path} not found: an adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise AdapterFileError(f"{path} is not valid JSON: {err}") from err
     if data.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{path}: peft_type {data.get('peft_type')!r} is not supported; lorakit reads LORA adapters")
+        raise AdapterFileError(f"{path}: peft_type {data.get('peft_type')!r} is not supported; "
+                               "lorakit reads LORA adapters")
     unsupported = [
         k for k, v in data.items()
         if k not in _PEFT_FIELDS and k not in _PEFT_IGNORED and v not in (None, False, {}, [], "")
@@ -193,7 +191,7 @@ def read_peft_config(directory: str | os.PathLike) -> LoraConfig:
     if data.get("init_lora_weights") not in (None, True, False, "gaussian", "pissa"):
         unsupported.append("init_lora_weights")
     if unsupported:
-        raise ValueError(
+        raise AdapterFileError(
             f"{path}: option(s) lorakit does not support: "
             + ", ".join(f"{k}={data[k]!r}" for k in sorted(unsupported))
         )
@@ -209,10 +207,11 @@ def _read_tensors(directory: Path) -> dict[str, Tensor]:
         try:
             return load_file(str(safetensors_path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{safetensors_path} is corrupt or truncated ({err}); re-download or re-save it") from err
+            raise AdapterFileError(f"{safetensors_path} is corrupt or truncated ({err}); "
+                                   "re-download or re-save it") from err
     if bin_path.is_file():
         return load_checkpoint(bin_path)
-    raise FileNotFoundError(f"no {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) in {directory}")
+    raise AdapterFileNotFoundError(f"no {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) in {directory}")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -222,11 +221,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path} is corrupt or truncated ({err})") from err
+            raise AdapterFileError(f"{path} is corrupt or truncated ({err})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise AdapterFileError(
             f"{path} could not be read as a weights-only PyTorch checkpoint ({type(err).__name__}: {err}). "
             "lorakit never unpickles arbitrary objects; convert the file to safetensors if you trust it"
         ) from err
@@ -256,14 +255,14 @@ def _copy_adapter_tensors(model: nn.Module, adapter_name: str, config: LoraConfi
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise AdapterFileError(
             f"{source} does not fit the model adapted with its config: "
             f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     for key, (_, file_shape) in expected.items():
         if tuple(tensors[key].shape) != file_shape:
-            raise ValueError(
+            raise AdapterFileError(
                 f"{key}: the file holds shape {tuple(tensors[key].shape)}, the model expects {file_shape} "
                 "(was the adapter trained on a different base model or rank?)"
             )
@@ -307,7 +306,7 @@ def hotswap_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name
     modules = [(p, m) for p, m in lora_modules(model) if adapter_name in m.lora_A]
     for path, module in modules:
         if new_config.rank_for(path) != module.rank[adapter_name]:
-            raise ValueError(f"{path}: hot-swap needs the same rank; the slot has r={module.rank[adapter_name]}, "
+            raise AdapterFileError(f"{path}: hot-swap needs the same rank; the slot has r={module.rank[adapter_name]}, "
                              f"the new adapter r={new_config.rank_for(path)}")
     expected = _expected_file_tensors(model, adapter_name, slot_config)
     before = {key: target.detach().clone() for key, (target, _) in expected.items()}
@@ -330,15 +329,177 @@ def hotswap_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name
 
 
 # ============================================================================ loralib import
+class CheckpointConversionError(AdapterFileError):
+    """A loralib / LoRA-paper checkpoint that does not fit the model; the message names the cause and the fix."""
+
+
+# How refusals name the options that fix them: keyword arguments here, flags in ``lorakit convert``.
+LIBRARY_HINTS = {
+    "enable_lora": "enable_lora=[{bools}]",
+    "num_labels": "a model built with num_labels={n}",
+    "seq_cls": "a sequence-classification model (AutoModelForSequenceClassification)",
+    "model": "the model the checkpoint was trained on",
+}
+CLI_HINTS = {
+    "enable_lora": "--enable-lora {flags}",
+    "num_labels": "--num-labels {n}",
+    "seq_cls": "--task seq-cls",
+    "model": "the --model the checkpoint was trained on",
+}
+# The LoRA paper's GPT2LMModel calls its output layer (tied to transformer.wte) lm_head.decoder.
+_PAPER_KEY_RENAMES = {"lm_head.decoder.weight": "lm_head.weight"}
+# Base weights count as equal below this absolute difference (a dtype round trip stays well under it).
+BASE_WEIGHT_TOLERANCE = 1e-6
+
+
 def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(
+        raise CheckpointConversionError(
             "the checkpoint is not a state dict of tensors (nor one under 'model_state_dict'/'state_dict')"
         )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}  # DDP's prefix
+
+
+def _hidden_size(model: nn.Module) -> int | None:
+    return getattr(getattr(model, "config", None), "hidden_size", None)
+
+
+def _read_lora_pairs(state: dict[str, Tensor], model: nn.Module, enable_lora: list[bool] | None,
+                     hints: dict[str, str]) -> tuple[dict[str, int], dict[str, list[bool]]]:
+    """Rank of each adapted module path and the slice flags of fused ones; refuses what does not fit."""
+    pairs = sorted({k[: -len(".lora_A")] for k in state if k.endswith(".lora_A")})
+    if not pairs:
+        raise CheckpointConversionError(
+            "the checkpoint has no '<module>.lora_A' keys: is it a loralib-style LoRA checkpoint?")
+    module_names = dict(model.named_modules())
+    ranks, slices = {}, {}
+    for path in pairs:
+        if path not in module_names:
+            close = difflib.get_close_matches(path, list(module_names), n=3)
+            raise CheckpointConversionError(
+                f"checkpoint module {path!r} does not exist in {type(model).__name__}; closest: {close}")
+        a, b = state[f"{path}.lora_A"], state.get(f"{path}.lora_B")
+        if b is None:
+            raise CheckpointConversionError(f"checkpoint has {path}.lora_A but no {path}.lora_B")
+        weight = module_names[path].weight
+        conv1d = type(module_names[path]).__name__ == "Conv1D"  # GPT-2's (in, out) layout
+        fan_in, fan_out = (weight.shape[0], weight.shape[1]) if conv1d else (weight.shape[1], weight.shape[0])
+        r = b.shape[1]
+        n_enabled = a.shape[0] // r
+        per_slice = b.shape[0] // max(n_enabled, 1)
+        if a.shape[1] != fan_in or fan_out % per_slice:
+            raise CheckpointConversionError(
+                f"the hidden sizes differ: checkpoint {path}.lora_A has shape {tuple(a.shape)} and lora_B "
+                f"{tuple(b.shape)} (input size {a.shape[1]}), but {type(model).__name__}'s {path} has weight "
+                f"shape {tuple(weight.shape)} (input size {fan_in}, hidden size {_hidden_size(model)}); "
+                f"convert with {hints['model']}"
+            )
+        n_slices = fan_out // per_slice
+        if n_slices > 1:  # a fused projection (GPT-2's c_attn: q, k, v), some of its slices adapted
+            flags = enable_lora or ([True, False, True] if (n_slices, n_enabled) == (3, 2) else None)
+            if flags is None or len(flags) != n_slices or sum(flags) != n_enabled:
+                example = [i < n_enabled for i in range(n_slices)]
+                option = hints["enable_lora"].format(flags=",".join(str(int(f)) for f in example),
+                                                     bools=", ".join(map(str, example)))
+                raise CheckpointConversionError(
+                    f"{path}: the checkpoint adapts {n_enabled} of the {n_slices} slices of this fused layer "
+                    f"(lora_B {tuple(b.shape)}, layer output size {fan_out}); say which with {option} "
+                    f"({n_slices} flags, {n_enabled} of them on)"
+                )
+            slices[re.escape(path)] = list(flags)
+        ranks[path] = r
+    return ranks, slices
+
+
+def _sort_other_keys(state: dict[str, Tensor], model: nn.Module, lora_tops: set[str]
+                     ) -> tuple[dict[str, str], list[str], list[str]]:
+    """Split the non-LoRA keys: base weights (file key -> model key), modules_to_save, ignored keys.
+
+    Under a top-level module with LoRA, a key the model has is a base weight and any other (e.g. the
+    paper's causal-mask buffers ``attn.bias``) is ignored. Under a top-level module without LoRA, a
+    weight tied to a base weight (the paper's ``lm_head.decoder``) is a base weight; the rest (e.g. a
+    ``classifier``) is trained and goes to ``modules_to_save``.
+    """
+    model_state = model.state_dict(keep_vars=True)
+    base_tensor_ids = {id(t) for k, t in model_state.items() if k.split(".")[0] in lora_tops}
+    base, to_save, ignored = {}, set(), []
+    for key in state:
+        if is_lora_param_name(key):
+            continue
+        model_key = _PAPER_KEY_RENAMES.get(key, key)
+        top = key.split(".")[0]
+        if top in lora_tops:
+            if model_key in model_state:
+                base[key] = model_key
+            else:
+                ignored.append(key)
+        elif model_key in model_state and id(model_state[model_key]) in base_tensor_ids:
+            base[key] = model_key
+        else:
+            to_save.add(top)
+    return base, sorted(to_save), sorted(ignored)
+
+
+def _compare_base_weights(state: dict[str, Tensor], model: nn.Module, base: dict[str, str], hints: dict[str, str],
+                          compare_values: bool) -> dict[str, Any]:
+    """Check the shapes of a full checkpoint's base weights and (optionally) their values against the model."""
+    model_state = model.state_dict()
+    worst_key, worst = None, 0.0
+    for key, model_key in base.items():
+        theirs, ours = state[key], model_state[model_key]
+        if theirs.shape != ours.shape:
+            raise CheckpointConversionError(
+                f"the checkpoint's base weight {key} has shape {tuple(theirs.shape)}, {type(model).__name__}'s "
+                f"{model_key} has shape {tuple(ours.shape)} (hidden size {_hidden_size(model)}): the checkpoint "
+                f"was trained on another model; convert with {hints['model']}"
+            )
+        if compare_values and theirs.numel():
+            diff = (theirs.detach().float() - ours.detach().float()).abs().max().item()
+            if diff > worst or worst_key is None:
+                worst_key, worst = key, diff
+    if worst > BASE_WEIGHT_TOLERANCE:
+        warnings.warn(
+            f"the checkpoint's base weights differ from the model's: largest difference {worst:.3g} in {worst_key} "
+            f"({len(base)} base tensors compared). The adapter keeps only the LoRA weights (and modules_to_save); "
+            "it reproduces the checkpoint only on the base model it was trained on",
+            stacklevel=3,
+        )
+    return {"base_keys": len(base), "compared": compare_values and bool(base), "max_abs_diff": worst,
+            "max_diff_key": worst_key}
+
+
+def _head_hint(state: dict[str, Tensor], top: str, hints: dict[str, str]) -> str:
+    """``--num-labels N`` for a head named ``top``, N read from its smallest 2-D weight."""
+    outs = [v.shape[0] for k, v in state.items() if k.split(".")[0] == top and v.ndim == 2]
+    return hints["num_labels"].format(n=min(outs)) if outs else hints["num_labels"].format(n="N")
+
+
+def _check_heads_fit(state: dict[str, Tensor], model: nn.Module, modules_to_save: list[str],
+                     hints: dict[str, str]) -> None:
+    """Refuse modules_to_save the model lacks (no classifier: not a seq-cls model) or of another shape."""
+    children = dict(model.named_children())
+    params = model.state_dict()
+    for top in modules_to_save:
+        if top not in children:
+            raise CheckpointConversionError(
+                f"the checkpoint holds a {top!r} head ({', '.join(k for k in state if k.split('.')[0] == top)}) "
+                f"that {type(model).__name__} does not have; for a classification checkpoint convert with "
+                f"{hints['seq_cls']} and {_head_hint(state, top, hints)}"
+            )
+        for key, value in state.items():
+            if key.split(".")[0] != top:
+                continue
+            if key not in params:
+                raise CheckpointConversionError(f"checkpoint key {key!r} does not exist in {type(model).__name__}")
+            if params[key].shape != value.shape:
+                raise CheckpointConversionError(
+                    f"checkpoint key {key!r} has shape {tuple(value.shape)}, {type(model).__name__}'s has shape "
+                    f"{tuple(params[key].shape)}; if the head has another number of labels, convert with "
+                    f"{_head_hint(state, top, hints)}"
+                )
 
 
 def convert_loralib_checkpoint(
@@ -349,58 +510,40 @@ def convert_loralib_checkpoint(
     enable_lora: list[bool] | None = None,
     base_model_name_or_path: str | None = None,
     lora_dropout: float = 0.0,
+    compare_base_weights: bool = True,
+    hints: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Turn a loralib-style state dict into a PEFT-format adapter directory for ``model``.
 
     ``checkpoint``: a ``.bin``/``.pt``/``.safetensors`` path or a state dict with ``<path>.lora_A`` /
     ``<path>.lora_B`` keys, e.g. the LoRA paper's GPT-2 checkpoints (``transformer.h.N.attn.c_attn``
-    as a MergedLinear over q, k, v) or RoBERTa ones (``...attention.self.query``/``value``, with or
-    without a ``classifier``). ``model``: the Hugging Face model the adapter is for (its weights are
-    not needed: ``AutoModelFor...from_config`` is enough). ``lora_alpha`` is not stored in loralib
-    checkpoints and must be given. ``enable_lora``: which slices a fused projection adapts, inferred
-    as q and v ([True, False, True]) for a 3-way fused layer with two adapted slices.
-    Non-LoRA keys under top-level modules without LoRA (e.g. ``classifier.*``) become
-    ``modules_to_save``. Returns a summary: modules, ranks, modules_to_save, ignored keys.
+    as a MergedLinear over q, k, v: A (2r, hidden), B (2 hidden, r)) or RoBERTa ones
+    (``...attention.self.query``/``value``, with or without a ``classifier``). It may be the full
+    state dict the paper's ``gpt2_ft.py`` writes at the end of training (``{'model_state_dict': ...}``,
+    with or without DDP's ``module.`` prefix, ``lm_head.decoder.weight`` tied to ``transformer.wte``):
+    its base weights must have the model's shapes; with ``compare_base_weights`` their values are
+    compared with the model's too, and a difference above :data:`BASE_WEIGHT_TOLERANCE` warns, naming
+    the largest. Only LoRA weights and ``modules_to_save`` (non-LoRA keys under top-level modules
+    without LoRA that are not tied to base weights, e.g. ``classifier.*``) go into the adapter.
+    ``model``: the Hugging Face model the adapter is for (``from_config`` is enough when
+    ``compare_base_weights`` is off). ``lora_alpha`` is not stored in loralib checkpoints and must be
+    given. ``enable_lora``: which slices a fused projection adapts, inferred as q and v
+    ([True, False, True]) for a 3-way fused layer with two adapted slices. ``hints``: how refusals name
+    the fixing options (:data:`LIBRARY_HINTS` by default, :data:`CLI_HINTS` for the command line).
+    Returns a summary: modules, ranks, enable_lora, modules_to_save, ignored keys, base-weight check.
     """
+    hints = hints or LIBRARY_HINTS
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     state = _unwrap_state_dict(state)
-    pairs = sorted({k[: -len(".lora_A")] for k in state if k.endswith(".lora_A")})
-    if not pairs:
-        raise ValueError("the checkpoint has no '<module>.lora_A' keys: is it a loralib-style LoRA checkpoint?")
-    module_names = dict(model.named_modules())
-    targets, rank_pattern, slices_pattern, ranks = [], {}, {}, {}
-    for path in pairs:
-        if path not in module_names:
-            close = difflib.get_close_matches(path, list(module_names), n=3)
-            raise ValueError(f"checkpoint module {path!r} does not exist in {type(model).__name__}; closest: {close}")
-        a, b = state[f"{path}.lora_A"], state.get(f"{path}.lora_B")
-        if b is None:
-            raise ValueError(f"checkpoint has {path}.lora_A but no {path}.lora_B")
-        r = b.shape[1]
-        n_enabled = a.shape[0] // r
-        targets.append(path)
-        if n_enabled > 1:
-            weight = module_names[path].weight
-            fan_out = weight.shape[1] if type(module_names[path]).__name__ == "Conv1D" else weight.shape[0]
-            n_slices = fan_out // (b.shape[0] // n_enabled)
-            flags = enable_lora or ([True, False, True] if (n_slices, n_enabled) == (3, 2) else None)
-            if flags is None or len(flags) != n_slices or sum(flags) != n_enabled:
-                raise ValueError(
-                    f"{path}: the checkpoint adapts {n_enabled} of {n_slices} slices; pass enable_lora "
-                    f"with {n_slices} flags, {n_enabled} of them True"
-                )
-            slices_pattern[re.escape(path)] = list(flags)
-        rank_pattern[re.escape(path)] = r
-        ranks[path] = r
-    lora_tops = {p.split(".")[0] for p in pairs}
-    extra = {k: v for k, v in state.items() if not is_lora_param_name(k)}
-    modules_to_save = sorted({k.split(".")[0] for k in extra if k.split(".")[0] not in lora_tops})
-    ignored = sorted(k for k in extra if k.split(".")[0] in lora_tops)
+    ranks, slices_pattern = _read_lora_pairs(state, model, enable_lora, hints)
+    base, modules_to_save, ignored = _sort_other_keys(state, model, {p.split(".")[0] for p in ranks})
+    _check_heads_fit(state, model, modules_to_save, hints)
+    base_check = _compare_base_weights(state, model, base, hints, compare_base_weights)
     common_r = max(set(ranks.values()), key=list(ranks.values()).count)
     config = LoraConfig(
         r=common_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        target_modules="|".join(re.escape(t) for t in targets),
-        rank_pattern={k: v for k, v in rank_pattern.items() if v != common_r}, enable_lora=slices_pattern,
+        target_modules="|".join(re.escape(t) for t in ranks),
+        rank_pattern={re.escape(p): r for p, r in ranks.items() if r != common_r}, enable_lora=slices_pattern,
         modules_to_save=modules_to_save or None, base_model_name_or_path=base_model_name_or_path,
     )
     model = copy.deepcopy(model)  # the caller's model stays as it was
@@ -410,17 +553,15 @@ def convert_loralib_checkpoint(
             for part in ("A", "B"):
                 target, source = getattr(module, f"lora_{part}")[DEFAULT_ADAPTER], state[f"{path}.lora_{part}"]
                 if target.shape != source.shape:
-                    raise ValueError(
+                    raise CheckpointConversionError(
                         f"checkpoint key {path}.lora_{part} has shape {tuple(source.shape)}, the adapted "
                         f"{type(model).__name__} expects {tuple(target.shape)}"
                     )
                 target.copy_(source)
         params = dict(model.named_parameters())
-        for key, value in extra.items():
+        for key, value in state.items():
             if key.split(".")[0] in modules_to_save:
-                if key not in params or params[key].shape != value.shape:
-                    raise ValueError(f"checkpoint key {key!r} does not fit {type(model).__name__}")
                 params[key].copy_(value)
     save_adapter(model, output_dir)
-    return {"modules": targets, "ranks": ranks, "enable_lora": slices_pattern,
-            "modules_to_save": modules_to_save, "ignored_keys": ignored}
+    return {"modules": list(ranks), "ranks": ranks, "enable_lora": slices_pattern,
+            "modules_to_save": modules_to_save, "ignored_keys": ignored, "base_weights": base_check}

@@ -31,14 +31,16 @@ __all__ = [
 ]
 
 
-def validate_lora_args(r, lora_alpha, lora_dropout) -> None:
-    """Raise ValueError for a rank, alpha or dropout outside its allowed values."""
+def validate_lora_args(r, lora_alpha, lora_dropout, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` (a ValueError; ``lorakit.lora`` passes its ``AdapterError``) for a rank, alpha or
+    dropout outside its allowed values. This module imports only ``functional``, so its own errors are
+    plain ValueErrors."""
     if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise ValueError(f"r (the LoRA rank) must be an integer >= 0 (0 means no LoRA), got {r!r}")
+        raise error(f"r (the LoRA rank) must be an integer >= 0 (0 means no LoRA), got {r!r}")
     if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not lora_alpha > 0:
-        raise ValueError(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
+        raise error(f"lora_alpha must be a number > 0, got {lora_alpha!r}")
     if not isinstance(lora_dropout, (int, float)) or not 0.0 <= lora_dropout < 1.0:
-        raise ValueError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}")
+        raise error(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}")
 
 
 class MergeableWeight:
@@ -375,12 +377,13 @@ class Conv3d(ConvLoRA):
         super().__init__(nn.Conv3d, *args, **kwargs)
 
 
-_BIAS_MODES = ("none", "all", "lora_only")
+#: The bias modes of LoRA training: which biases train beside the LoRA weights (the one list lorakit has).
+BIAS_MODES = ("none", "all", "lora_only")
 
 
 def _check_bias_mode(bias: str) -> None:
-    if bias not in _BIAS_MODES:
-        raise ValueError(f"bias must be one of {_BIAS_MODES}, got {bias!r}")
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
 
 
 def is_lora_param_name(name: str) -> bool:

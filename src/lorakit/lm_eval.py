@@ -3,10 +3,10 @@
     lorakit lm-eval --model NAME_OR_PATH [--adapter DIR] --text PATH --layout wikitext|enwik8|text8|text
                     [--split test] [--context 1024] [--stride 512] [--batch-size 8] [--mlm] [--out metrics.json]
 
-A causal LM is scored with strided windows (``lorakit.train.metrics.lm.sliding_window_nll``); with
+A causal LM is scored with strided windows (``lorakit.metrics.lm.sliding_window_nll``); with
 ``--mlm`` a masked LM gets its pseudo-perplexity (Salazar et al., 2020) instead, ``--context`` then being
 the window length including the special tokens. The corpus layouts and what ``bpc``/``bpb``/``word_ppl``
-divide by are described in ``lorakit.train.metrics.lm``. The command prints a small table and, with
+divide by are described in ``lorakit.metrics.lm``. The command prints a small table and, with
 ``--out``, writes the numbers as JSON (atomically). Bad input exits with status 2 and a message.
 """
 
@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .train.metrics.lm import LAYOUTS, CorpusError, read_corpus
+from lorakit.errors import LorakitError
+
+from .fileio import atomic_write, json_safe
+from .metrics.lm import LAYOUTS, CorpusError, read_corpus
 
 __all__ = ["main", "evaluate_lm", "LMEvalError"]
 
 
-class LMEvalError(ValueError):
+class LMEvalError(LorakitError, ValueError):
     """Unusable arguments or input; the message says what to change."""
 
 
@@ -57,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 def _from_pretrained(loader: Any, name: str, what: str) -> Any:
     """A local folder (or ``package:PKG/SUB``), else the Hugging Face cache, else the Hub when reachable:
     the experiment system's loader, with its errors as ``LMEvalError``."""
-    from .train.build import _from_pretrained as load
-    from .train.errors import ModelLoadError
+    from .pretrained import ModelLoadError
+    from .pretrained import from_pretrained as load
 
     try:
         return load(loader, name, what)
@@ -83,18 +85,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return model.to(dtype).eval(), tokenizer
 
 
-def evaluate_lm(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the evaluation the parsed arguments describe; return the JSON record."""
-    import torch
-
-    from .train.metrics.lm import (
-        lm_metrics,
-        max_positions,
-        pseudo_perplexity,
-        sliding_window_nll,
-        tokenize_text,
-    )
-
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse numbers out of range and an --out in a missing folder, before any model is loaded."""
     if args.context is not None and args.context < 2:
         raise LMEvalError(f"--context must be >= 2 tokens, got {args.context}")
     if args.stride is not None and args.stride < 1:
@@ -107,6 +99,21 @@ def evaluate_lm(args: argparse.Namespace) -> dict[str, Any]:
     out_path = Path(args.out) if args.out else None
     if out_path is not None and not out_path.parent.resolve().is_dir():
         raise LMEvalError(f"cannot write --out {out_path}: the folder {out_path.parent} does not exist")
+
+
+def evaluate_lm(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the evaluation the parsed arguments describe; return the JSON record."""
+    import torch
+
+    from .metrics.lm import (
+        lm_metrics,
+        max_positions,
+        pseudo_perplexity,
+        sliding_window_nll,
+        tokenize_text,
+    )
+
+    _check_arguments(args)
     try:
         corpus = read_corpus(args.text, args.layout, args.split)
     except CorpusError as exc:
@@ -188,10 +195,6 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lorakit lm-eval``; returns the exit status."""
     try:
@@ -205,10 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_table(record))
     if args.out:
-        from .train.checkpoint import atomic_write
-
         try:
-            atomic_write(args.out, json.dumps({k: _json_safe(v) for k, v in record.items()}, indent=1) + "\n")
+            atomic_write(args.out, json.dumps(json_safe(record), indent=1) + "\n")
         except OSError as exc:
             print(f"lorakit lm-eval: error: cannot write --out {args.out}: {exc}", file=sys.stderr)
             return 2

@@ -15,7 +15,7 @@ Methods (``apply_method(model, MethodConfig(name=...))``):
   :func:`drop_reparameterization` folds away afterwards.
 
 Inserted modules are wrappers that keep the original module as ``<name>.base_layer`` (as LoRA's do).
-Which wrapper a module gets is decided by one table, :data:`WRAPPERS`: ``{site: {module type:
+Which wrapper a module gets is decided by one table, :data:`SITE_WRAPPERS`: ``{site: {module type:
 factory}}``, looked up along the module's MRO; a factory returns ``(child name, wrapper)`` with
 ``""`` meaning the module itself. No model code is edited.
 
@@ -35,10 +35,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import LorakitError
 from .hf_compat import cache_argument, cache_in, pop_cache
+from .layers import is_lora_param_name
+from .lora.config import in_modules
+from .lora.manage import lora_modules, set_module
 
 __all__ = [
-    "METHODS", "MethodConfig", "MethodError", "apply_method", "WRAPPERS", "BottleneckAdapter",
+    "METHODS", "MethodConfig", "MethodError", "apply_method", "SITE_WRAPPERS", "BottleneckAdapter",
     "PrefixAttention", "PrefixEmbedding", "drop_reparameterization", "count_parameters",
     "method_modules",
 ]
@@ -47,7 +51,7 @@ METHODS = ("full", "head_only", "ft_top2", "bitfit", "adapter_houlsby", "adapter
            "prefix_layer", "lora")
 
 
-class MethodError(ValueError):
+class MethodError(LorakitError, ValueError):
     """A method that cannot be applied to this model, or out-of-range / conflicting options."""
 
 
@@ -386,7 +390,17 @@ def _build_table() -> dict[str, dict[type, Callable]]:
 
 
 #: The one dispatch table: ``{site: {module type: factory(module, cfg) -> (child name, wrapper)}}``.
-WRAPPERS: dict[str, dict[type, Callable]] = _build_table()
+SITE_WRAPPERS: dict[str, dict[type, Callable]] = _build_table()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WRAPPERS":  # the old name, which clashed with LoRA's lorakit.lora.WRAPPERS
+        import warnings
+
+        warnings.warn("lorakit.methods.WRAPPERS is deprecated and will be removed in the next release; use "
+                      "lorakit.methods.SITE_WRAPPERS", DeprecationWarning, stacklevel=2)
+        return SITE_WRAPPERS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Which sites each inserting method wraps.
 METHOD_SITES: dict[str, tuple[str, ...]] = {
@@ -400,8 +414,8 @@ METHOD_MODULES = (BottleneckAdapter, PrefixAttention, PrefixEmbedding)
 
 def _factory(site: str, module: nn.Module) -> Callable | None:
     for cls in type(module).__mro__:
-        if cls in WRAPPERS[site]:
-            return WRAPPERS[site][cls]
+        if cls in SITE_WRAPPERS[site]:
+            return SITE_WRAPPERS[site][cls]
     return None
 
 
@@ -410,15 +424,6 @@ def method_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if isinstance(module, METHOD_MODULES):
             yield name, module
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
-def _is_head(name: str, head: tuple[str, ...]) -> bool:
-    return any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}." for h in head)
 
 
 def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -438,8 +443,6 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     Raises :class:`MethodError` before touching the model when the method does not apply (naming the
     module type it needs and what was found) or conflicts with what the model already has.
     """
-    from .adapt import lora_modules
-
     if cfg.name == "lora":
         raise MethodError("method 'lora' is applied with lorakit.inject(model, LoraConfig(...))")
     existing = [n for n, _ in method_modules(model)] + [n for n, _ in lora_modules(model)]
@@ -453,7 +456,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         if site == "base_model":
             found = found[:1]  # the outermost base model
         if not found:
-            needs = sorted({t.__name__ for t in WRAPPERS[site]})
+            needs = sorted({t.__name__ for t in SITE_WRAPPERS[site]})
             seen = sorted({type(m).__name__ for _, m in model.named_modules()
                            if "Attention" in type(m).__name__ or type(m).__name__.endswith(("Output", "MLP", "Model"))})
             raise MethodError(f"method {cfg.name!r} does not apply to {type(model).__name__}: it needs a "
@@ -470,7 +473,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
                           f"contains the {type(model).__name__} (e.g. a *ForSequenceClassification or LM model)")
     wrapped = [(name, *factory(model.get_submodule(name), cfg)) for name, factory in plan]  # may raise
     for name, child, wrapper in wrapped:
-        _set_module(model, f"{name}.{child}" if child and name else (child or name), wrapper)
+        set_module(model, f"{name}.{child}" if child and name else (child or name), wrapper)
     _set_trainable(model, cfg, blocks)
     return model
 
@@ -485,11 +488,11 @@ def _set_trainable(model: nn.Module, cfg: MethodConfig, blocks: tuple[str, nn.Mo
         if cfg.name == "full":
             p.requires_grad = True
         elif cfg.name == "bitfit":
-            p.requires_grad = name.endswith(".bias") or _is_head(name, cfg.head)
+            p.requires_grad = name.endswith(".bias") or in_modules(name, cfg.head)
         elif cfg.name == "ft_top2":
-            p.requires_grad = name.startswith(top) or _is_head(name, cfg.head)
+            p.requires_grad = name.startswith(top) or in_modules(name, cfg.head)
         else:
-            p.requires_grad = name in method_params or _is_head(name, cfg.head)
+            p.requires_grad = name in method_params or in_modules(name, cfg.head)
 
 
 def drop_reparameterization(model: nn.Module) -> int:
@@ -508,13 +511,11 @@ def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) 
     trainable parameters excluding the head once PreLayer's reparameterisation MLP is dropped, and
     ``inserted``: parameters the method added to the pretrained model (LoRA factors, adapters, prefixes)."""
     total = sum(p.numel() for p in model.parameters())
-    from .layers import is_lora_param_name
-
     inserted = sum(p.numel() for n, p in model.named_parameters() if is_lora_param_name(n))
     for _, module in method_modules(model):
         inserted += sum(p.numel() for n, p in module.named_parameters() if not n.startswith("base_layer."))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    head_n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and _is_head(n, head))
+    head_n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and in_modules(n, head))
     dropped = 0
     for _, module in method_modules(model):
         if isinstance(module, PrefixAttention) and module.prefix_mlp is not None and module.prefix_input.requires_grad:

@@ -19,11 +19,14 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lorakit.errors import LorakitError
+
+from .fileio import atomic_write
 
 NLG_TASKS = ("e2e", "webnlg", "dart")
 GLUE_TASK_NAMES = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
@@ -76,7 +79,7 @@ _OUTPUT_HEADERS = {
 _E2E_CSV_FIXES = (("Ł", "£"), ("Â£", "£"), ("Ã©", "é"), ("ã©", "é"))
 
 
-class ScoreInputError(Exception):
+class ScoreInputError(LorakitError):
     """Unusable input for ``lorakit score``; the message says which file and what to change."""
 
 
@@ -219,7 +222,7 @@ def _load_nlg(task: str, ref_path: Path, pred_path: Path) -> tuple[list[str], li
                 raise ScoreInputError(
                     f"references file {ref_path}: row {number} (MR {src!r}) has an empty reference"
                 )
-        from lorakit.train.metrics.nlg import group_references
+        from lorakit.metrics.nlg import group_references
 
         ref_sources, groups = group_references(sources, refs)
     else:
@@ -400,7 +403,7 @@ def _lines_keep_inner(text: str) -> list[str]:
 
 
 def _load_squad(task: str, ref_path: Path, pred_path: Path) -> tuple[Any, dict[str, str]]:
-    from lorakit.train.metrics.qa import squad_questions
+    from lorakit.metrics.qa import squad_questions
 
     dataset = _load_json(ref_path, "references")
     try:
@@ -450,9 +453,12 @@ def _load_squad(task: str, ref_path: Path, pred_path: Path) -> tuple[Any, dict[s
 
 
 def score_files(
-    task: str, references: str | os.PathLike[str], predictions: str | os.PathLike[str]
+    task: str, references: str | os.PathLike[str], predictions: str | os.PathLike[str], e2e_mteval: str = "perl"
 ) -> ScoreResult:
-    """Read and check both files, then compute ``task``'s metrics. Raises ScoreInputError on bad input."""
+    """Read and check both files, then compute ``task``'s metrics. Raises ScoreInputError on bad input.
+
+    ``e2e_mteval``: E2E BLEU/NIST as the official scorer's default ("perl") or its ``-p`` mode ("python").
+    """
     key = task.strip().lower().replace("-", "")
     key = {"squadv2": "squad_v2", "squad2": "squad_v2"}.get(key, key)
     if key not in TASKS:
@@ -462,14 +468,17 @@ def score_files(
     if key in NLG_TASKS:
         hyps, groups, unit = _load_nlg(key, ref_path, pred_path)
         empty = [i for i, h in enumerate(hyps, start=1) if not h]
-        from lorakit.train.metrics import nlg
+        from lorakit.metrics import nlg
 
-        metrics = nlg.e2e_metrics(hyps, groups) if key == "e2e" else nlg.webnlg_metrics(hyps, groups)
+        if key == "e2e":
+            metrics = nlg.e2e_metrics(hyps, groups, mteval=e2e_mteval)
+        else:
+            metrics = nlg.webnlg_metrics(hyps, groups)
         return ScoreResult(key, metrics, len(hyps), empty, unit)
 
     if key in GLUE_TASK_NAMES:
         preds, refs = _load_glue(key, ref_path, pred_path)
-        from lorakit.train.metrics.classification import glue_metrics
+        from lorakit.metrics.classification import glue_metrics
 
         empty = [i for i, p in enumerate(preds, start=1) if not p]
         result = ScoreResult(key, glue_metrics(key, preds, refs), len(refs), empty, "example")
@@ -481,7 +490,7 @@ def score_files(
             )
         return result
 
-    from lorakit.train.metrics.qa import squad_questions, squad_v1_scores, squad_v2_scores
+    from lorakit.metrics.qa import squad_questions, squad_v1_scores, squad_v2_scores
 
     dataset, answers = _load_squad(key, ref_path, pred_path)
     scores = squad_v1_scores(dataset, answers) if key == "squad" else squad_v2_scores(dataset, answers)
@@ -521,19 +530,6 @@ def format_table(result: ScoreResult, references: str, predictions: str) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 _EPILOG = """\
 file layouts:
   e2e, webnlg, dart  references: a text file with one group of reference lines per instance, groups
@@ -564,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--references", "-r", required=True, metavar="REF", help="gold file")
     parser.add_argument("--predictions", "-p", required=True, metavar="PRED", help="system output file")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="also write {metric: value} here")
+    parser.add_argument("--e2e-mteval", choices=("perl", "python"), default="perl",
+                        help="E2E BLEU/NIST as the official scorer's default (perl) or its -p mode (python), "
+                        "which the LoRA paper's README runs; they differ on short or repeated outputs")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help (0) or a usage error (2)
@@ -575,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ScoreInputError(
                 f"cannot write --json {json_out}: the directory {json_out.parent} does not exist"
             )
-        result = score_files(args.task, args.references, args.predictions)
+        result = score_files(args.task, args.references, args.predictions, e2e_mteval=args.e2e_mteval)
     except ScoreInputError as exc:
         print(f"lorakit score: error: {exc}", file=sys.stderr)
         return 2
@@ -589,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result, args.references, args.predictions))
     if json_out is not None:
         try:
-            _write_json_atomically(json_out, result.as_json())
+            atomic_write(json_out, json.dumps(result.as_json(), indent=2, allow_nan=False) + "\n")
         except OSError as exc:
             print(f"lorakit score: error: cannot write --json {json_out}: {exc}", file=sys.stderr)
             return 2

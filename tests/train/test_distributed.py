@@ -52,8 +52,8 @@ def test_more_processes_than_gpus_is_a_clear_error_and_cpu_always_works(monkeypa
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for preference in ("auto", "cuda"):
         with pytest.raises(RuntimeError, match=r"LOCAL_RANK 1, but only 1 CUDA device.*nproc_per_node 1.*'cpu'"):
-            D._pick_device(preference, local_rank=1)
-    assert D._pick_device("cpu", local_rank=1) == torch.device("cpu")
+            D.pick_device(preference, local_rank=1)
+    assert D.pick_device("cpu", local_rank=1) == torch.device("cpu")
 
 
 def test_unwrap_returns_the_model_under_a_module_wrapper_and_a_plain_model_as_it_is():

@@ -196,7 +196,7 @@ def test_glue_configs_hold_the_papers_hyperparameters():
 def test_glue_configs_adapt_query_and_value_of_their_model_family(kit):
     import json
 
-    from lorakit.train.loop import build_configured_model
+    from lorakit.train.build import build_configured_model
 
     folder = Path(__file__).resolve().parents[2] / "configs" / "glue"
     paths = sorted(folder.glob("roberta_*.json")) + sorted(folder.glob("deberta_xxl_*.json"))

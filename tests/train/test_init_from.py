@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lorakit.train import checkpoint as ckpt
-from lorakit.train.loop import TrainingError, _seed_everything, build_configured_model, init_from_run
+from lorakit.train.build import build_configured_model, init_from_run, seed_everything
+from lorakit.train.errors import TrainingError
 
 NLI = ("contradiction", "entailment", "neutral")
 MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
@@ -58,7 +59,7 @@ def mnli_run(tmp_path_factory):
 
 
 def _fresh(cfg):
-    _seed_everything(cfg.training.seed, False)
+    seed_everything(cfg.training.seed, False)
     return build_configured_model(cfg)
 
 

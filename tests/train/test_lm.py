@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import gpt2_tokenizer, minilm_tokenizer, need, shared_data
 
-from lorakit.train.metrics.lm import (
+from lorakit.metrics.lm import (
     CorpusError,
     char_word_units,
     lm_metrics,

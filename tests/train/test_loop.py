@@ -9,19 +9,12 @@ import pytest
 import torch
 
 from lorakit.train import checkpoint as ckpt
+from lorakit.train.build import apply_configured_method, build_model, load_tokenizer
 from lorakit.train.commands import eval_main, inspect_main, train_main
-from lorakit.train.loop import (
-    LoopState,
-    ModelLoadError,
-    NonFiniteLossError,
-    WorkdirError,
-    _early_stopping,
-    _metric_names,
-    apply_method,
-    build_model,
-    load_tokenizer,
-)
-from lorakit.train.tasks import TASKS, DataError, get_task, is_lower_better, task_from_config
+from lorakit.train.errors import ModelLoadError, NonFiniteLossError, WorkdirError
+from lorakit.train.loop import _early_stopping
+from lorakit.train.run_dir import LoopState
+from lorakit.train.tasks import TASKS, DataError, get_task, task_from_config
 
 # ------------------------------------------------------------------------------------------------------
 # A short run and what it leaves behind
@@ -60,12 +53,12 @@ def test_short_run_logs_checkpoints_and_reports(tmp_path, kit):
 def test_lora_freezes_pretrained_weights_and_optimizes_only_trainable(kit):
     cfg = kit.tiny_config()
     model = build_model(cfg.model, 4)
-    apply_method(model, cfg)
+    apply_configured_method(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n or n.startswith("classifier.") for n in trainable)
     assert not model.encoder.embeddings.word_embeddings.weight.requires_grad
 
-    from lorakit.train.loop import build_optimizer
+    from lorakit.train.build import build_optimizer
 
     opt = build_optimizer(model, cfg.optimizer)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
@@ -140,15 +133,15 @@ def test_best_dev_value_is_the_minimum_exactly_for_lower_is_better_metrics(kit, 
 
 
 def test_only_ter_language_model_metrics_and_losses_are_lower_is_better():
-    minimised = {name: {m for m in _metric_names(get_task(name)) if is_lower_better(get_task(name), m)}
+    minimised = {name: {m for m in get_task(name).reported_metrics() if get_task(name).is_lower_better(m)}
                  for name in TASKS}
     lm = {"nll_per_token", "ppl", "bpc", "bpb"}
     assert {name: names for name, names in minimised.items() if names} == {
         "webnlg": {"TER", "TER_seen", "TER_unseen"}, "dart": {"TER"},
         "wikitext": lm | {"word_ppl"}, "enwik8": lm, "text8": lm, "text": lm, "sft": {"loss", "ppl"},
     }
-    assert is_lower_better(get_task("quickstart"), "loss") and is_lower_better(get_task("cola"), "nll")
-    assert is_lower_better(get_task("webnlg"), "TER_seen") and not is_lower_better(get_task("webnlg"), "BLEU_seen")
+    assert get_task("quickstart").is_lower_better("loss") and get_task("cola").is_lower_better("nll")
+    assert get_task("webnlg").is_lower_better("TER_seen") and not get_task("webnlg").is_lower_better("BLEU_seen")
 
 
 def test_half_precision_on_cpu_falls_back_to_fp32_with_a_note(tmp_path, kit):
@@ -245,9 +238,9 @@ def test_unreachable_model_name_says_how_to_pass_a_folder(tmp_path, kit, monkeyp
     assert "no-such-org/no-such-model-xyz" in msg and "model.name_or_path=/path/to/model" in msg
     assert not (tmp_path / "run").exists()
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    from lorakit.train import build
+    from lorakit import pretrained
 
-    monkeypatch.setattr(build, "_hub_reachable", lambda timeout=3.0: False)  # no minute of Hub retries
+    monkeypatch.setattr(pretrained, "_hub_reachable", lambda timeout=3.0: False)  # no minute of Hub retries
     with pytest.raises(ModelLoadError, match="no network connection to the Hub"):
         kit.run(validate(raw), tmp_path / "run")
     raw["model"] = {"name_or_path": str(tmp_path / "missing-folder")}
@@ -280,7 +273,7 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tmp_path, kit
 
 
 def test_unknown_evaluation_metric_fails_before_the_workdir_is_touched(tmp_path, kit):
-    from lorakit.train.loop import TrainingError
+    from lorakit.train.errors import TrainingError
 
     with pytest.raises(TrainingError, match=r"evaluation.metric 'f1' is not reported .* \['acc'\]"):
         kit.run(kit.tiny_config(evaluation={"metric": "f1"}), tmp_path / "run")

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
+from lorakit.train.build import apply_configured_method, build_model, build_optimizer
 from lorakit.train.config import ConfigError
-from lorakit.train.loop import TrainingError, apply_method, build_model, build_optimizer
+from lorakit.train.errors import TrainingError
 
 BASELINES = ["ft_top2", "bitfit", "adapter_houlsby", "adapter_pfeiffer", "prefix_embed", "prefix_layer"]
 TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 30522, "n_positions": 64,
@@ -44,7 +45,7 @@ def test_each_method_trains_only_its_parameters(kit, method, arch):
     cfg = _cfg(kit, method, arch, optimizer={"lr": 1e-2, "weight_decay": 0.0})
     torch.manual_seed(0)
     model = build_model(cfg.model, 4)
-    apply_method(model, cfg)
+    apply_configured_method(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(_intended(n, method) for n in trainable), sorted(trainable)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -67,14 +68,14 @@ def test_each_method_trains_only_its_parameters(kit, method, arch):
 @pytest.mark.parametrize("method,arch", [("adapter_houlsby", "bert"), ("prefix_layer", "bert"),
                                          ("prefix_embed", "gpt2"), ("bitfit", "gpt2")])
 def test_checkpoint_round_trip_and_reported_counts(tmp_path, kit, method, arch):
-    from lorakit.train.loop import evaluate_workdir
+    from lorakit.train.finished_run import evaluate_workdir
 
     cfg = _cfg(kit, method, arch, training={"max_steps": 4, "checkpoint_every": 4},
                evaluation={"every": 4, "average_last": 1, "baseline": False})
     results = kit.run(cfg, tmp_path)
     saved = kit.tensors(tmp_path)
     model = build_model(cfg.model, 4)
-    apply_method(model, cfg)
+    apply_configured_method(model, cfg)
     assert set(saved) == {n for n, p in model.named_parameters() if p.requires_grad}
     again = evaluate_workdir(cfg, tmp_path)
     assert again["metrics"] == results["final"]
@@ -126,8 +127,8 @@ def test_bad_method_configs(tmp_path, kit):
     assert not (tmp_path / "x").exists()
     big = kit.tiny_config(method={"name": "adapter_houlsby", "adapter_size": 64})
     with pytest.raises(TrainingError, match="adapter_size=64 is out of range"):
-        apply_method(build_model(big.model, 4), big)
+        apply_configured_method(build_model(big.model, 4), big)
     deberta = kit.tiny_config(model={"architecture": {**kit.TINY_BERT, "model_type": "deberta-v2"}},
                               method={"name": "prefix_layer"})
     with pytest.raises(TrainingError, match="DisentangledSelfAttention"):
-        apply_method(build_model(deberta.model, 4), deberta)
+        apply_configured_method(build_model(deberta.model, 4), deberta)

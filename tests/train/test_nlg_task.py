@@ -152,7 +152,7 @@ def test_e2e_lora_run_trains_generates_and_scores(tmp_path, tok, capsys):
     assert len(predictions) == 5 == len([g for g in references if g.strip()])
     metrics = json.loads((out / "metrics.test.json").read_text())
     assert metrics["split"] == "test" and set(metrics["metrics"]) == {"BLEU", "NIST"}
-    from lorakit.train.metrics.nlg import mteval_bleu_nist
+    from lorakit.metrics.nlg import mteval_bleu_nist
 
     groups = [g.strip().split("\n") for g in references if g.strip()]
     assert metrics["metrics"]["BLEU"] == pytest.approx(mteval_bleu_nist(predictions, groups)["BLEU"])
@@ -204,7 +204,8 @@ def test_the_papers_baselines_run_the_nlg_task(tmp_path, method):
     ({"name": "prefix_embed", "prefix_length": 2, "infix_length": 2}, "infix_length"),
 ])
 def test_methods_that_do_not_fit_a_language_model_are_refused(tmp_path, method, message):
-    from lorakit.train.loop import TrainingError, train
+    from lorakit.train.errors import TrainingError
+    from lorakit.train.loop import train
 
     raw = _raw(tmp_path)
     raw["method"] = method
@@ -219,14 +220,15 @@ def test_export_writes_a_merged_model_that_from_pretrained_reads(tmp_path, tok):
     from transformers import AutoModelForCausalLM
 
     from lorakit.train.commands import export_main
-    from lorakit.train.loop import _load_run, train
+    from lorakit.train.finished_run import load_run
+    from lorakit.train.loop import train
 
     cfg = validate(_raw(tmp_path, training={"max_steps": 2, "checkpoint_every": 2}))
     train(cfg, tmp_path / "run", echo=lambda _m: None)
     assert export_main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
     assert not any("lora" in n for n, _ in plain.named_parameters())
-    adapted = _load_run(cfg, tmp_path / "run", None, None, None, with_data=False).model.eval()
+    adapted = load_run(cfg, tmp_path / "run", None, None, None, with_data=False).model.eval()
     ids = torch.tensor([tok("name[The Vaults], eatType[pub]\n")["input_ids"]])
     on_device = adapted(ids.to(next(adapted.parameters()).device)).logits.cpu()  # the run's device: GPU if any
     torch.testing.assert_close(plain(ids).logits, on_device, rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import minilm_tokenizer
 
-from lorakit.train.metrics.qa import NQAnnotation, nq_gold_has_short_answer, nq_short_answer_scores
+from lorakit.metrics.qa import NQAnnotation, nq_gold_has_short_answer, nq_short_answer_scores
 from lorakit.train.tasks import DataError, get_task
 from lorakit.train.tasks.squad import SpanPrediction
 

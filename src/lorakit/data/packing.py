@@ -28,14 +28,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lorakit.errors import LorakitError
+from .errors import DataError
 
 __all__ = ["PackingError", "pack_rows", "pack_batch", "forward_inputs", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 
 
-class PackingError(LorakitError, ValueError):
+class PackingError(DataError):
     """An example does not fit into a packed row; the message names it and the setting to change."""
 
 

@@ -1,11 +1,15 @@
 """The experiment system: ``python main.py --config CONFIG --data DATA_DIR --workdir WORK_DIR``.
 
 - ``config``: the JSON schema and its validation (every problem with its JSON path, at once);
-- ``loop``: the training run, top to bottom (build, train, evaluate, checkpoint, report);
+- ``build``: model, method, optimizer and schedule from a config;
+- ``loop``: the training run as a recipe, ``setup_run -> fit -> finish``, read top to bottom;
+- ``run_dir``: the workdir (start or resume, save/restore, logs, exported adapter);
 - ``checkpoint``: atomic checkpoints, keep-last-K, resume, averaging;
 - ``distributed``: torchrun / DDP / FSDP glue;
-- ``tasks``: task plugins (GLUE, quickstart); ``metrics``: scores;
-- ``commands``: the ``train`` / ``eval`` / ``inspect`` command lines.
+- ``finished_run``: evaluate / generate / export a finished workdir;
+- ``report``: tables over many runs, a run's curves;
+- ``tasks``: task plugins (``tasks.base``: the contract and the registry);
+- ``commands``: the ``train`` / ``eval`` / ``inspect`` / ``generate`` / ``export`` command lines.
 
 See docs/experiments.md.
 """

@@ -20,14 +20,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorakit.data.packing import IGNORE_INDEX, forward_inputs, pack_batch
+from lorakit.losses import causal_lm_loss, fused_loss_unsupported_reason
+
+from .tasks.base import Task
 
 __all__ = ["training_batch", "loss_count", "loss_sum", "token_loss_sum", "token_loss_mean", "label_token_count",
-           "step_scale", "pad_right", "TokenLoss"]
+           "step_scale", "TokenLoss"]
 
 
 def training_batch(task: Any, items: Sequence[dict], max_length: int | None, data_cfg: Any) -> tuple[dict, int]:
@@ -58,30 +60,23 @@ def loss_sum(task: Any, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return task.loss(model, batch) * loss_count(task, batch)
 
 
-def pad_right(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
-    """Token-id lists -> a right-padded causal-LM batch: ``input_ids``, ``attention_mask``, ``labels``
-    ``(batch, longest)`` int64 (labels -100 on the padding)."""
-    width = max(len(s) for s in input_ids)
-    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
-    label_t = torch.full((len(input_ids), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(input_ids, labels, strict=True)):
-        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-        label_t[i, :len(lab)] = torch.as_tensor(lab, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": label_t}
-
-
 def label_token_count(batch: dict[str, Tensor]) -> int:
     """The targets of a causal-LM batch: label tokens after the first position of each row (position ``t``
     predicts label ``t + 1``). ``batch["labels"]``: ``(batch, seq)`` with -100 where nothing is scored."""
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def token_loss_sum(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0) -> Tensor:
+def token_loss_sum(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0,
+                   fused: bool = True) -> Tensor:
     """Summed next-token cross-entropy (nats, with ``label_smoothing``) of a padded or packed causal-LM batch
-    over its :func:`label_token_count` targets. The model maps ``input_ids`` ``(batch, seq)`` (with
-    ``attention_mask`` or packed ``position_ids``) to ``.logits`` ``(batch, seq, vocab)``."""
+    over its :func:`label_token_count` targets. ``batch``: ``input_ids``, ``labels`` ``(batch, seq)`` with
+    ``attention_mask`` (padded) or ``position_ids`` (packed). With ``fused`` and a model
+    :func:`lorakit.losses.causal_lm_loss` supports, the sum comes from the hidden states without the full
+    logits; else from ``model(...).logits`` ``(batch, seq, vocab)``. Both give the same value."""
+    if fused and fused_loss_unsupported_reason(model) is None:
+        return causal_lm_loss(model, batch["input_ids"], batch["labels"], attention_mask=batch.get("attention_mask"),
+                              position_ids=batch.get("position_ids"), ignore_index=IGNORE_INDEX,
+                              label_smoothing=label_smoothing, reduction="sum")
     out = model(**forward_inputs(batch))
     logits = out.logits if hasattr(out, "logits") else out
     shifted = logits[:, :-1].float()  # (batch, seq - 1, vocab): position t predicts token t + 1
@@ -90,27 +85,30 @@ def token_loss_sum(model: nn.Module, batch: dict[str, Tensor], label_smoothing: 
                            label_smoothing=label_smoothing, reduction="sum")
 
 
-def token_loss_mean(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0) -> Tensor:
+def token_loss_mean(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0,
+                    fused: bool = True) -> Tensor:
     """:func:`token_loss_sum` divided by the number of targets (0 for a batch without any)."""
-    return token_loss_sum(model, batch, label_smoothing) / max(1, label_token_count(batch))
+    return token_loss_sum(model, batch, label_smoothing, fused) / max(1, label_token_count(batch))
 
 
-class TokenLoss:
-    """The loss methods of a causal-LM task (a mixin; the task sets ``label_smoothing``): next-token
+class TokenLoss(Task):
+    """The loss methods of a causal-LM task (e2e/webnlg/dart, language modelling, sft): next-token
     cross-entropy on the label tokens of a padded or packed batch, as a sum (:meth:`loss_sum`) with its count
-    (:meth:`loss_count`) for the loop, and as a mean (:meth:`loss`)."""
+    (:meth:`loss_count`) for the loop, and as a mean (:meth:`loss`). ``fused_loss``: through
+    :func:`lorakit.losses.causal_lm_loss` (no full logits) where the model allows it."""
 
-    label_smoothing: float = 0.0
+    model_kind = "causal_lm"
+    fused_loss = True
 
     def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return token_loss_sum(model, batch, self.label_smoothing)
+        return token_loss_sum(model, batch, self.label_smoothing, self.fused_loss)
 
     @staticmethod
     def loss_count(batch: dict[str, Tensor]) -> int:
         return label_token_count(batch)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return token_loss_mean(model, batch, self.label_smoothing)
+        return token_loss_mean(model, batch, self.label_smoothing, self.fused_loss)
 
 
 def step_scale(total_terms: float, world_size: int) -> float:

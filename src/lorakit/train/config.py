@@ -20,10 +20,16 @@ import copy
 import difflib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lorakit.errors import LorakitError
+from lorakit.methods import METHODS
+
+from ..layers import BIAS_MODES
+from .tasks import TASK_REGISTRY, task_names
 
 __all__ = [
     "ConfigError", "Section", "SCHEMA", "load_config", "validate", "apply_overrides", "defaults",
@@ -31,7 +37,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(LorakitError, ValueError):
     """One or more problems in a config; ``problems`` holds ``(json_path, message)`` pairs."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
@@ -62,18 +68,23 @@ class Section(dict):
 class Field:
     """One config key. ``kind``: 'int', 'float', 'bool', 'bool_or_choice' (true, false or one of ``choices``),
     'str', 'str_list', 'str_or_str_list', 'dict' (free-form object), 'int_pair' or 'section' (then ``schema``
-    holds the sub-fields)."""
+    holds the sub-fields). ``choices``: the allowed values, or a function returning them (a registry's names,
+    read when a config is validated)."""
 
     kind: str
     default: Any = None
     nullable: bool = False
-    choices: tuple | None = None
+    choices: tuple | Callable[[], tuple] | None = None
     min: float | None = None
     max: float | None = None
     min_exclusive: bool = False
     max_exclusive: bool = False
     schema: dict[str, Field] | None = None
     help: str = ""
+
+    def allowed(self) -> tuple | None:
+        """The allowed values (``choices``, called when it is a function), or None: any value of the kind."""
+        return self.choices() if callable(self.choices) else self.choices
 
 
 def _section(help_text: str = "", nullable: bool = False, **fields: Field) -> Field:
@@ -115,8 +126,7 @@ SCHEMA: dict[str, Field] = {
         "baselines: 'ft_top2' (last two blocks + head), 'bitfit' (biases + head), 'adapter_houlsby', "
         "'adapter_pfeiffer', 'prefix_embed', 'prefix_layer' (see lorakit.methods; LoRA + BitFit is 'lora' "
         "with bias 'all')",
-        name=Field("str", "lora", choices=("lora", "full", "head_only", "ft_top2", "bitfit", "adapter_houlsby",
-                                           "adapter_pfeiffer", "prefix_embed", "prefix_layer"),
+        name=Field("str", "lora", choices=("lora", *(m for m in METHODS if m != "lora")),
                    help="the fine-tuning method; the baselines are described in docs/experiments.md, "
                         "section 'Baselines of the LoRA paper'"),
         r=Field("int", 8, min=1, help="LoRA rank"),
@@ -127,7 +137,7 @@ SCHEMA: dict[str, Field] = {
             help="module names (full dotted name or suffix after a dot) or one regex string",
         ),
         exclude_modules=Field("str_or_str_list", [], help="names never adapted"),
-        bias=Field("str", "none", choices=("none", "all", "lora_only")),
+        bias=Field("str", "none", choices=BIAS_MODES),
         modules_to_save=Field(
             "str_list", [],
             help="modules trained fully and saved with the adapter, besides the task head (the classifier "
@@ -152,9 +162,7 @@ SCHEMA: dict[str, Field] = {
         "what is learned",
         name=Field(
             "str", "quickstart",
-            choices=("quickstart", "cola", "sst2", "mrpc", "stsb", "rte", "qqp", "mnli", "mnli_mm", "qnli", "squad",
-                     "squad_v2", "nq", "boolq", "cb", "copa", "superglue_rte", "wic", "wsc", "multirc", "record", "e2e",
-                     "webnlg", "dart", "wikitext", "enwik8", "text8", "text", "sft"),
+            choices=task_names,
             help="a task plugin from lorakit.train.tasks",
         ),
     ),
@@ -364,8 +372,8 @@ def _check_field(f: Field, value: Any, path: str, problems: list[tuple[str, str]
             problems.append((path, f"must be a number {_range_text(f)}, got {value!r}"))
         return float(value)
     if kind == "bool_or_choice":
-        if not isinstance(value, bool) and value not in (f.choices or ()):
-            problems.append((path, f"must be true, false or one of {list(f.choices or ())}, got {value!r}"))
+        if not isinstance(value, bool) and value not in (f.allowed() or ()):
+            problems.append((path, f"must be true, false or one of {list(f.allowed() or ())}, got {value!r}"))
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -375,10 +383,11 @@ def _check_field(f: Field, value: Any, path: str, problems: list[tuple[str, str]
         if not isinstance(value, str):
             problems.append((path, f"must be a string, got {_type_name(value)} {value!r}"))
             return None
-        if f.choices is not None and value not in f.choices:
-            hint = difflib.get_close_matches(value, f.choices, n=1)
+        allowed = f.allowed()
+        if allowed is not None and value not in allowed:
+            hint = difflib.get_close_matches(value, allowed, n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            problems.append((path, f"must be one of {list(f.choices)}, got {value!r}{extra}"))
+            problems.append((path, f"must be one of {list(allowed)}, got {value!r}{extra}"))
         return value
     if kind in ("str_list", "str_or_str_list"):
         if kind == "str_or_str_list" and isinstance(value, str):
@@ -410,7 +419,7 @@ def _rng(f: Field) -> str:
 
 def _expected(f: Field) -> str:
     return {"section": "an object", "int": "an integer", "float": "a number", "bool": "true or false",
-            "bool_or_choice": f"true, false or one of {list(f.choices or ())}",
+            "bool_or_choice": f"true, false or one of {list(f.allowed() or ())}",
             "str": "a string", "str_list": "a list of strings", "dict": "an object"}.get(f.kind, f.kind)
 
 
@@ -483,8 +492,10 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
                              f"must divide training.batch_size={b} (the global batch), got {acc}"))
 
 
-CAUSAL_LM_TASKS = ("e2e", "webnlg", "dart", "wikitext", "enwik8", "text8", "text", "sft")
-"""The tasks whose model is a causal language model (``data.packing`` applies to them)."""
+def is_causal_lm_task(name: str) -> bool:
+    """Whether registered task ``name`` trains a causal language model (``data.packing`` applies to it)."""
+    entry = TASK_REGISTRY.get(name)
+    return entry is not None and entry.factory().model_kind == "causal_lm"
 
 
 def _packing_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
@@ -492,8 +503,9 @@ def _packing_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
     if not isinstance(d, dict) or d.get("packing") is not True:
         return
     name = task.get("name") if isinstance(task, dict) else None
-    if isinstance(name, str) and name not in CAUSAL_LM_TASKS:
-        problems.append(("$.data.packing", f"packs causal-LM training examples ({', '.join(CAUSAL_LM_TASKS)}); "
+    if isinstance(name, str) and name in TASK_REGISTRY and not is_causal_lm_task(name):
+        causal = ", ".join(n for n in task_names() if is_causal_lm_task(n))
+        problems.append(("$.data.packing", f"packs causal-LM training examples ({causal}); "
                                            f"task {name!r} is not one: set data.packing to false"))
     if d.get("random_length") is not None:
         problems.append(("$.data.packing", "packing fills rows of up to data.max_length tokens and data.random_length "
@@ -607,8 +619,8 @@ def markdown_reference() -> str:
                 walk(f.schema or {}, f"{prefix}{key}.")
                 continue
             notes = [f.help] if f.help else []
-            if f.choices:
-                notes.append("one of " + ", ".join(f"`{c}`" for c in f.choices))
+            if f.allowed():
+                notes.append("one of " + ", ".join(f"`{c}`" for c in f.allowed()))
             if _range_text(f):
                 notes.append(_range_text(f))
             if f.nullable:

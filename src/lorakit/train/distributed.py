@@ -22,6 +22,7 @@ from torch import Tensor, nn
 __all__ = [
     "DistInfo", "setup", "cleanup", "wrap", "unwrap", "all_reduce_sum", "all_gather_objects",
     "broadcast_object", "barrier", "full_state", "load_full_state", "optimizer_state", "load_optimizer_state",
+    "pick_device",
 ]
 
 
@@ -41,7 +42,7 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _pick_device(preference: str, local_rank: int) -> torch.device:
+def pick_device(preference: str, local_rank: int) -> torch.device:
     """``training.device`` ("auto", "cpu" or "cuda") for the process with ``LOCAL_RANK`` ``local_rank``:
     "auto" takes GPU ``local_rank`` when CUDA is visible, else the CPU."""
     if preference == "cuda" and not torch.cuda.is_available():
@@ -63,7 +64,7 @@ def setup(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from lorakit.errors import LorakitError
+from lorakit.pretrained import ModelLoadError  # re-exported: a run whose model cannot be loaded raises it
+
 __all__ = ["TrainingError", "ModelLoadError", "WorkdirError", "NonFiniteLossError"]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LorakitError, RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
-
-
-class ModelLoadError(TrainingError):
-    pass
 
 
 class WorkdirError(TrainingError):

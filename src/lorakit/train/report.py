@@ -25,15 +25,18 @@ import math
 import shlex
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.errors import LorakitError
+from lorakit.fileio import atomic_write
+
 __all__ = ["ReportError", "RunRecord", "collect_runs", "summarise", "markdown_report", "plot_report", "main"]
 
 
-class ReportError(ValueError):
+class ReportError(LorakitError, ValueError):
     """A workdir cannot be reported; the message names the file and what to do."""
 
 
@@ -359,7 +362,7 @@ def plot_report(summary: Summary, path: str | Path) -> Path | None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -367,6 +370,52 @@ def plot_report(summary: Summary, path: str | Path) -> Path | None:
 # ------------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------------
+
+def plot_curves(metrics_path: Path, out_dir: Path, say: Callable[[str], None] = print) -> list[Path]:
+    """``loss.png`` (train loss and lr) and ``metrics.png`` (dev metrics) from ``metrics.jsonl``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("note: matplotlib is not installed; no plots (pip install matplotlib)")
+        return []
+    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    if train_rows:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in train_rows], [r["lr"] for r in train_rows], color="gray", alpha=0.5,
+                 label="lr")
+        ax2.set_ylabel("learning rate")
+        ax.set_title("training loss")
+        fig.tight_layout()
+        atomic_write(out_dir / "loss.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        plt.close(fig)
+        written.append(out_dir / "loss.png")
+    dev_rows = [r for r in rows if r.get("split") == "dev"]
+    names = sorted({k for r in dev_rows for k, v in r.items() if k not in ("step", "split")
+                    and isinstance(v, (int, float))})
+    if dev_rows and names:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name in names:
+            pts = [(r["step"], r[name]) for r in dev_rows if isinstance(r.get(name), (int, float))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name)
+        ax.set_xlabel("step")
+        ax.set_title("dev metrics")
+        ax.legend()
+        fig.tight_layout()
+        atomic_write(out_dir / "metrics.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        plt.close(fig)
+        written.append(out_dir / "metrics.png")
+    return written
+
 
 def main(argv: list[str] | None = None) -> int:
     """``lorakit report WORKDIR... [--out DIR]``; exit status 0, 1 (unreadable runs) or 2 (usage)."""
@@ -387,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(text, encoding="utf-8")
+        atomic_write(out / "report.md", text)
         png = plot_report(summary, out / "report.png")
         print(f"\nwrote {out / 'report.md'}" + (f" and {png}" if png else ""), file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ The model the loop builds maps ``input_ids``, ``attention_mask``, ``token_type_i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.metrics import classification as cm
+
+from .base import DataError, Task, cut_keep_last, pad, register_task
+
 __all__ = ["DataError", "Example", "TaskSpec", "TASK_SPECS", "GlueTask"]
-
-
-class DataError(ValueError):
-    """Unusable input data; the message names the file (and line) and what to do."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
 }
 
 
-class GlueTask:
+class GlueTask(Task):
     """A sentence(-pair) classification or regression task read from GLUE-style TSV files."""
 
     def __init__(self, spec: TaskSpec, label_smoothing: float = 0.0):
@@ -175,21 +176,10 @@ class GlueTask:
         """Pad to the longest item: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch, seq)``
         and ``labels`` ``(batch,)`` (int64 classes, or float32 scores)."""
 
-        def cut(seq: list[int]) -> list[int]:
-            if max_length is None or len(seq) <= max_length:
-                return seq
-            return seq[: max_length - 1] + seq[-1:]  # keep the final [SEP]
-
-        ids = [cut(it["input_ids"]) for it in items]
-        types = [cut(it["token_type_ids"]) for it in items]
-        width = max(len(s) for s in ids)
-        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(ids), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, (s, t) in enumerate(zip(ids, types, strict=False)):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            token_type_ids[i, : len(t)] = torch.tensor(t)
-            attention_mask[i, : len(s)] = 1
+        ids = [cut_keep_last(it["input_ids"], max_length) for it in items]  # keep the final [SEP]
+        types = [cut_keep_last(it["token_type_ids"], max_length) for it in items]
+        input_ids, token_type_ids = pad(ids, self.pad_id), pad(types, 0)
+        attention_mask = pad([[1] * len(s) for s in ids], 0)
         dtype = torch.float32 if self.spec.labels is None else torch.long
         labels = torch.tensor([it["label"] for it in items], dtype=dtype)
         return {"input_ids": input_ids, "attention_mask": attention_mask,
@@ -217,63 +207,11 @@ class GlueTask:
     def metrics(self, predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:
         """GLUE's metrics for the task: ``acc`` (+ ``f1`` for MRPC and QQP), ``mcc`` for CoLA, ``pearson`` and
         ``spearmanr`` for STS-B. The main metric is ``self.main_metric``."""
-        return _glue_metrics(self.name, list(predictions), list(references))
+        if self.name == "quickstart":
+            return {"acc": float(cm.accuracy(list(predictions), list(references)))}
+        return {k: float(v) for k, v in cm.glue_metrics(self.name, list(predictions), list(references)).items()}
 
 
-# ------------------------------------------------------------------------------------------------------
-# Metrics (small, dependency-free; the shared implementation lives in lorakit.train.metrics)
-# ------------------------------------------------------------------------------------------------------
 
-def _glue_metrics(task: str, preds: list, refs: list) -> dict[str, float]:
-    """GLUE's metric set under the names of ``lorakit.train.metrics`` (acc, f1, mcc, pearson, spearmanr).
-
-    Uses that package when it is installed; the small fallback below gives the same numbers.
-    """
-    try:
-        from lorakit.train.metrics import classification as cm
-    except ImportError:
-        cm = None
-    if cm is not None:
-        if task == "quickstart":
-            return {"acc": float(cm.accuracy(preds, refs))}
-        return {k: float(v) for k, v in cm.glue_metrics(task, preds, refs).items()}
-    if task == "stsb":
-        return {"pearson": _pearson(preds, refs), "spearmanr": _pearson(_ranks(preds), _ranks(refs))}
-    p = [int(x) for x in preds]
-    r = [int(x) for x in refs]
-    tp = sum(a == 1 and b == 1 for a, b in zip(p, r, strict=False))
-    tn = sum(a == 0 and b == 0 for a, b in zip(p, r, strict=False))
-    fp = sum(a == 1 and b == 0 for a, b in zip(p, r, strict=False))
-    fn = sum(a == 0 and b == 1 for a, b in zip(p, r, strict=False))
-    if task == "cola":
-        den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        return {"mcc": (tp * tn - fp * fn) / den if den else 0.0}
-    out = {"acc": sum(a == b for a, b in zip(p, r, strict=False)) / max(len(r), 1)}
-    if task in ("mrpc", "qqp"):
-        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return out
-
-
-def _pearson(x: list, y: list) -> float:
-    n = len(x)
-    if n < 2:
-        return 0.0
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=False))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in x))
-    sy = math.sqrt(sum((b - my) ** 2 for b in y))
-    return sxy / (sx * sy) if sx and sy else float("nan")  # undefined for a constant input
-
-
-def _ranks(x: list) -> list[float]:
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
+for _spec in TASK_SPECS.values():
+    register_task(_spec.name, functools.partial(GlueTask, _spec))

@@ -1,6 +1,6 @@
 """Causal language-model fine-tuning tasks on plain-text corpora: ``wikitext``, ``enwik8``, ``text8``, ``text``.
 
-The corpus layouts (files, standard splits, what is counted) are those of :mod:`lorakit.train.metrics.lm`.
+The corpus layouts (files, standard splits, what is counted) are those of :mod:`lorakit.metrics.lm`.
 The data folder (``data.dir``) holds the corpus; ``split`` is ``train``, ``valid`` (alias ``dev``, the
 loop's default eval split) or ``test``.
 
@@ -9,12 +9,12 @@ Items (``encode``):
 * training (``training=True``): the tokenized split cut into consecutive blocks of ``cfg.max_length``
   tokens (a last shorter block is kept if it has 2 tokens or more); every token after a block's first is a
   target.
-* evaluation: the windows of strided evaluation (:func:`~lorakit.train.metrics.lm.window_plan`) over the
+* evaluation: the windows of strided evaluation (:func:`~lorakit.metrics.lm.window_plan`) over the
   split with a BOS token in front (``add_bos``), ``context = cfg.max_length`` and ``stride`` (constructor
   option, else ``cfg.stride`` if the config has one, else ``max_length // 2``). Each item knows the number of
   tokens, characters, UTF-8 bytes (and WikiText words) its scored targets account for, so ``predict`` on
   every item followed by ``metrics`` gives exactly the corpus-level numbers of
-  :func:`~lorakit.train.metrics.lm.sliding_window_nll` on the same text.
+  :func:`~lorakit.metrics.lm.sliding_window_nll` on the same text.
 
 The model (``model_kind = "causal_lm"``) maps ``input_ids``, ``attention_mask`` ``(batch, seq)`` to
 ``.logits`` ``(batch, seq, vocab)``. All metrics are lower-is-better (``lower_is_better`` lists them all).
@@ -22,6 +22,7 @@ The model (``model_kind = "causal_lm"``) maps ``input_ids``, ``attention_mask`` 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
+
 from ..batches import TokenLoss
-from ..metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
-from .glue import DataError
+from .base import DataError, pad, register_task
 
 __all__ = ["LM_TASKS", "LMTask", "LMTaskSpec", "Segment", "get_lm_task"]
 
@@ -167,15 +169,11 @@ class LMTask(TokenLoss):
             if max_length is not None and "score_from" not in it:
                 ids = ids[:max_length]
             seqs.append(ids)
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for i, (s, it) in enumerate(zip(seqs, items, strict=True)):
-            input_ids[i, : len(s)] = s
-            attention_mask[i, : len(s)] = 1
-            first = int(it.get("score_from", 1))
-            labels[i, first: len(s)] = s[first:]
+        input_ids, attention_mask = pad(seqs, self.pad_id), pad([[1] * len(s) for s in seqs], 0)
+        # labels: the token ids where scored; -100 before score_from (the first token predicts nothing), padding
+        firsts = [min(int(it.get("score_from", 1)), len(s)) for s, it in zip(seqs, items, strict=True)]
+        labels = pad([torch.cat([torch.full((f,), -100, dtype=torch.long), s[f:]])
+                      for s, f in zip(seqs, firsts, strict=True)], -100)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if all("score_from" in it for it in items):
             counts = torch.tensor([list(it["label"]) for it in items], dtype=torch.long)  # (batch, 4)
@@ -205,7 +203,7 @@ class LMTask(TokenLoss):
 
     # -- metrics -----------------------------------------------------------------------------------
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any] | None = None) -> dict[str, float]:
-        """Corpus metrics (:func:`~lorakit.train.metrics.lm.lm_metrics`) of the summed item predictions.
+        """Corpus metrics (:func:`~lorakit.metrics.lm.lm_metrics`) of the summed item predictions.
 
         A prediction is a ``predict`` tuple, or a bare NLL sum whose counts are then read from the
         reference (a label tuple ``(n_tokens, n_chars, n_bytes, n_words)``, or a token count). Keys:
@@ -236,3 +234,7 @@ def get_lm_task(name: str, label_smoothing: float = 0.0, **options: Any) -> LMTa
     if key not in LM_TASKS:
         raise ValueError(f"unknown LM task {name!r}; known: {', '.join(LM_TASKS)}")
     return LMTask(LM_TASKS[key], label_smoothing=label_smoothing, **options)
+
+
+for _name in LM_TASKS:
+    register_task(_name, functools.partial(get_lm_task, _name), config_options=lambda cfg: {"stride": cfg.data.stride})

@@ -1,7 +1,7 @@
 """NLG tasks of the LoRA paper's GPT-2 table: E2E NLG, WebNLG 2017 and DART, as conditional generation.
 
 Every example is a ``context`` (an E2E meaning representation, or linearised triples) with its human
-references (:mod:`lorakit.train.tasks.nlg_data` reads the official files). The model is a causal LM
+references (:mod:`lorakit.data.nlg` reads the official files). The model is a causal LM
 (GPT-2): it reads the prompt ``data.prompt_template.format(context=...)`` and continues with the text.
 
 * Training items: one per (context, reference) pair, ``prompt + reference + EOS``; the loss is the
@@ -16,6 +16,7 @@ references (:mod:`lorakit.train.tasks.nlg_data` reads the official files). The m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..batches import TokenLoss, pad_right
+from ..batches import TokenLoss
 from ..distributed import unwrap
-from .glue import DataError
+from .base import DataError, pad, register_task
 
 __all__ = ["NLG_TASKS", "NLGTask"]
 
@@ -68,7 +69,7 @@ class NLGTask(TokenLoss):
     # -- load / encode -------------------------------------------------------------------------------
     def load(self, split: str, data_dir: str | Path) -> list:
         """The split's examples, one per context, with all its references (``NLGExample``)."""
-        from .nlg_data import read_split
+        from lorakit.data.nlg import read_split
 
         return read_split(self.name, split, data_dir)
 
@@ -145,16 +146,13 @@ class NLGTask(TokenLoss):
         evaluation items -> left-padded prompts ``input_ids``, ``attention_mask`` ``(batch, prompt_len)``
         (generation appends at the right end)."""
         if "labels" in items[0]:
-            return pad_right([it["input_ids"][:max_length] for it in items],
-                             [it["labels"][:max_length] for it in items], self.pad_id)
+            ids = [it["input_ids"][:max_length] for it in items]
+            labels = [it["labels"][:max_length] for it in items]
+            mask = pad([[1] * len(s) for s in ids], 0)
+            return {"input_ids": pad(ids, self.pad_id), "attention_mask": mask, "labels": pad(labels, -100)}
         prompts = [it["prompt_ids"] for it in items]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        mask = pad([[1] * len(p) for p in prompts], 0, left=True)
+        return {"input_ids": pad(prompts, self.pad_id, left=True), "attention_mask": mask}
 
     # -- loss / predict ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -182,7 +180,7 @@ class NLGTask(TokenLoss):
     def metrics(self, predictions: Sequence[str], references: Sequence[dict]) -> dict[str, float]:
         """The task's corpus metrics (names in ``self.metric_names``; E2E's BLEU is a fraction, the
         WebNLG/DART BLEU is sacrebleu's 0-100, METEOR and TER are fractions, as in the paper's tables)."""
-        from lorakit.train.metrics import nlg
+        from lorakit.metrics import nlg
 
         hyps = [str(p) for p in predictions]
         refs = [list(r["references"]) for r in references]
@@ -245,7 +243,11 @@ def _stop_sequences(tokenizer: Any, stops: Sequence[str]) -> list[list[int]]:
 
 
 def _fast_webnlg(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
-    from lorakit.train.metrics import nlg
+    from lorakit.metrics import nlg
 
     scores = nlg.sacrebleu_scores(hyps, refs)
     return {"BLEU": scores["BLEU"], "TER": scores["TER"] / 100.0}
+
+
+for _name in NLG_TASKS:
+    register_task(_name, functools.partial(NLGTask, _name), config_options=lambda cfg: {"generation": cfg.generation})

@@ -18,7 +18,7 @@ example without a short answer span (including yes/no answers, which a span head
 example, as in SQuAD v2.0. Windows, the span head, the loss and the post-processing (best span of at most
 ``data.max_answer_length`` tokens, no answer when the [CLS] score wins) are :class:`SquadTask`'s.
 
-Metric: :func:`lorakit.train.metrics.qa.nq_short_answer_scores`, the official short-answer evaluation (a
+Metric: :func:`lorakit.metrics.qa.nq_short_answer_scores`, the official short-answer evaluation (a
 prediction is correct when its token span equals one annotator's span set; gold non-null when at least 2 of
 the 5 dev annotators gave a short answer, or the single annotation of a train-format file does): ``f1``
 (main), ``precision``, ``recall``, as fractions.
@@ -26,6 +26,7 @@ the 5 dev annotators gave a short answer, or the single annotation of a train-fo
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .glue import DataError
+from .base import DataError, register_task
 from .squad import QAExample, SpanPrediction, SquadTask
 
 __all__ = ["NQExample", "NQTask", "nq_context"]
@@ -166,7 +167,7 @@ class NQTask(SquadTask):
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         """NQ short-answer ``f1``, ``precision``, ``recall`` (fractions) and counts; ``references`` are the windows'
         example ids. Placeholder predictions (the loop's probe of the metric names) give NaN values."""
-        from lorakit.train.metrics.qa import nq_short_answer_scores
+        from lorakit.metrics.qa import nq_short_answer_scores
 
         if not predictions or not all(isinstance(p, SpanPrediction) for p in predictions):
             return {k: float("nan") for k in ("f1", "precision", "recall")}
@@ -217,7 +218,7 @@ def _document(record: dict, where: str, qid: str) -> tuple[list[str], list[bool]
 
 def _annotations(record: dict, where: str, qid: str, n_tokens: int) -> list:
     """The example's annotations as ``NQAnnotation``s, every span checked against the document."""
-    from lorakit.train.metrics.qa import NQAnnotation
+    from lorakit.metrics.qa import NQAnnotation
 
     raw = record.get("annotations")
     if not isinstance(raw, list) or not raw:
@@ -245,3 +246,6 @@ def _annotations(record: dict, where: str, qid: str, n_tokens: int) -> list:
             pairs.append((start, end))
         out.append(NQAnnotation(tuple(pairs), yes_no.upper()))
     return out
+
+
+register_task("nq", functools.partial(NQTask, "nq"), config_options=lambda cfg: {"keep_html": cfg.data.keep_html})

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batches import TokenLoss, pad_right
-from .glue import DataError
+from ..batches import TokenLoss
+from .base import DataError, pad, register_task
 
 __all__ = ["SFTExample", "SFTTask", "read_jsonl"]
 
@@ -146,8 +146,10 @@ class SFTTask(TokenLoss):
     def collate(self, items: Sequence[dict], max_length: int | None = None) -> dict[str, Tensor]:
         """Right-padded ``input_ids``, ``attention_mask``, ``labels`` ``(batch, longest)``; ``max_length``
         cuts every sequence (random sequence length)."""
-        return pad_right([it["input_ids"][:max_length] for it in items], [it["labels"][:max_length] for it in items],
-                         self.pad_id)
+        ids = [it["input_ids"][:max_length] for it in items]
+        labels = [it["labels"][:max_length] for it in items]
+        mask = pad([[1] * len(s) for s in ids], 0)
+        return {"input_ids": pad(ids, self.pad_id), "attention_mask": mask, "labels": pad(labels, IGNORE)}
 
     # -- predict / metrics ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -205,3 +207,6 @@ def _render_chat(tokenizer: Any, example: SFTExample) -> tuple[list[int], list[i
                             "found; use prompt/completion pairs with a plain tokenizer")
         labels[len(before):len(through)] = ids[len(before):len(through)]
     return ids, labels
+
+
+register_task("sft", SFTTask)

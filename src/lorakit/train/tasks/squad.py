@@ -19,12 +19,13 @@ question (v2), point both at the first token ([CLS]).
 Prediction: per window the best span with ``start <= end``, at most ``data.max_answer_length`` tokens, both
 ends inside the context, scored ``start_logit + end_logit``; per question the best-scoring window wins.
 v2.0 answers ``""`` (no answer) when the question's lowest [CLS] score (``start[0] + end[0]`` over its
-windows) beats the best span (null-score threshold 0). Scored with ``lorakit.train.metrics.qa`` (the
+windows) beats the best span (null-score threshold 0). Scored with ``lorakit.metrics.qa`` (the
 official v1.1 / v2.0 rules, in percent); the main metric is ``f1``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .glue import DataError
+from .base import DataError, Task, pad, register_task
 
 __all__ = ["QAExample", "SpanPrediction", "SquadTask", "SQUAD_VERSIONS"]
 
@@ -99,7 +100,7 @@ class SpanPrediction:
     null_score: float
 
 
-class SquadTask:
+class SquadTask(Task):
     """SQuAD v1.1 (``squad``) or v2.0 (``squad_v2``) with a token-level start/end head."""
 
     num_labels = 2  # the classifier maps each token to (start score, end score)
@@ -288,17 +289,9 @@ class SquadTask:
                 if end >= max_length - 1:
                     start, end = 0, 0
             rows.append((ids, types, offs, start, end))
-        width = max(len(r[0]) for r in rows)
-        n = len(rows)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((n, width), dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        offsets = torch.full((n, width, 2), -1, dtype=torch.long)
-        for i, (ids, types, offs, _, _) in enumerate(rows):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            token_type_ids[i, :len(types)] = torch.tensor(types)
-            attention_mask[i, :len(ids)] = 1
-            offsets[i, :len(offs)] = torch.tensor(offs, dtype=torch.long).view(-1, 2)
+        input_ids, token_type_ids = pad([r[0] for r in rows], self.pad_id), pad([r[1] for r in rows], 0)
+        attention_mask = pad([[1] * len(r[0]) for r in rows], 0)
+        offsets = pad([r[2] for r in rows], -1)  # (batch, seq, 2)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                 "offsets": offsets, "start_positions": torch.tensor([r[3] for r in rows]),
                 "end_positions": torch.tensor([r[4] for r in rows])}
@@ -364,7 +357,7 @@ class SquadTask:
 
         The loop first probes the metric names with placeholder numbers; those get NaN values.
         """
-        from lorakit.train.metrics.qa import squad_v1_scores, squad_v2_scores
+        from lorakit.metrics.qa import squad_v1_scores, squad_v2_scores
 
         if not predictions or not all(isinstance(p, SpanPrediction) for p in predictions):
             names = ("exact_match", "f1") if self.version == "1.1" else ("exact", "f1")
@@ -393,3 +386,7 @@ def _list(obj: Any, key: str, path: Path, where: str, task: SquadTask) -> list:
         raise DataError(f"{path}: {where} has no \"{key}\" list; task {task.name!r} expects the official SQuAD "
                         f"{task.version} JSON layout {_LAYOUT}")
     return value
+
+
+for _name in SQUAD_VERSIONS:
+    register_task(_name, functools.partial(SquadTask, _name))

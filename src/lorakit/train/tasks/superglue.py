@@ -19,11 +19,12 @@ Every task becomes sentence-pair inputs for the loop's encoder + linear head:
   ``em``/``f1`` against the gold entities.
 
 ``data.max_train_examples``/``max_eval_examples`` count these pairs (MultiRC answer options, ReCoRD
-candidates), not passages. Metrics come from ``lorakit.train.metrics.classification`` (fractions).
+candidates), not passages. Metrics come from ``lorakit.metrics.classification`` (fractions).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .glue import DataError
+from .base import DataError, Task, cut_keep_last, pad, register_task
 
 __all__ = ["SGExample", "SuperGlueSpec", "SUPERGLUE_SPECS", "SuperGlueTask", "CandidateScore"]
 
@@ -192,7 +193,7 @@ SUPERGLUE_SPECS: dict[str, SuperGlueSpec] = {
 }
 
 
-class SuperGlueTask:
+class SuperGlueTask(Task):
     """One SuperGLUE task (see the module docstring); the plugin contract of ``lorakit.train.tasks``."""
 
     def __init__(self, spec: SuperGlueSpec, label_smoothing: float = 0.0):
@@ -267,18 +268,10 @@ class SuperGlueTask:
         """``input_ids``, ``attention_mask``, ``token_type_ids`` ``(batch * choices, seq)`` and ``labels``
         ``(batch,)``; ``max_length`` cuts each sequence, keeping its final special token."""
 
-        def cut(seq: list[int]) -> list[int]:
-            return seq if max_length is None or len(seq) <= max_length else seq[:max_length - 1] + seq[-1:]
-
-        seqs = [(cut(ids), cut(types)) for it in items for ids, types in it["choices"]]
-        width = max(len(s) for s, _ in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (s, t) in enumerate(seqs):
-            input_ids[i, :len(s)] = torch.tensor(s)
-            token_type_ids[i, :len(t)] = torch.tensor(t)
-            attention_mask[i, :len(s)] = 1
+        ids = [cut_keep_last(ids, max_length) for it in items for ids, _ in it["choices"]]
+        types = [cut_keep_last(types, max_length) for it in items for _, types in it["choices"]]
+        input_ids, token_type_ids = pad(ids, self.pad_id), pad(types, 0)
+        attention_mask = pad([[1] * len(s) for s in ids], 0)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                 "labels": torch.tensor([it["target"] for it in items], dtype=torch.long)}
 
@@ -306,7 +299,7 @@ class SuperGlueTask:
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         """BoolQ/COPA/RTE/WiC/WSC ``acc``; CB ``acc`` and macro ``f1``; MultiRC ``f1a`` and ``em``; ReCoRD
         ``em`` and ``f1`` (all fractions). The loop first probes the names with placeholder numbers."""
-        from lorakit.train.metrics import classification as cm
+        from lorakit.metrics import classification as cm
 
         kind = self.spec.kind
         if kind == "multirc":
@@ -327,3 +320,7 @@ class SuperGlueTask:
         task = "rte" if self.name == "superglue_rte" else self.name
         return {k: float(v) for k, v in cm.superglue_metrics(task, [int(p) for p in predictions],
                                                              list(references)).items()}
+
+
+for _spec in SUPERGLUE_SPECS.values():
+    register_task(_spec.name, functools.partial(SuperGlueTask, _spec))

@@ -27,7 +27,7 @@ import math
 import pytest
 from helpers import need, shared_data
 
-from lorakit.train.metrics.nlg import (
+from lorakit.metrics.nlg import (
     JavaNotFoundError,
     MeteorSession,
     e2e_metrics,

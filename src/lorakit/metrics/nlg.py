@@ -10,6 +10,8 @@ E2E (what the official scorer, github.com/tuetschek/e2e-metrics ``measure_scores
   n-gram match count counts as 1/2^k, k = 1, 2, ... for successive such orders), NIST-5 with n-gram
   information weights estimated from all the references. Implemented here in Python; no Perl needed.
   BLEU is a fraction in [0, 1]; NIST is in bits (about 0-15).
+  The scorer's ``-p`` mode (its Python port, which the LoRA paper's README runs) counts short outputs
+  and the NIST length penalty differently: :func:`pymteval_bleu_nist`, ``e2e_metrics(mteval="python")``.
 * **METEOR** 1.5, **ROUGE-L** and **CIDEr** from the MS-COCO caption evaluation code (pycocoevalcap):
   references and outputs are first tokenised by the Stanford PTB tokenizer (``-lowerCase
   -preserveLines``) and PTB punctuation tokens are dropped, exactly as the official scorer's
@@ -37,15 +39,19 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 
+from lorakit.errors import LorakitError
+
 __all__ = [
     "JavaNotFoundError",
     "MeteorSession",
+    "MetricInputError",
     "coco_scores",
     "e2e_metrics",
     "group_references",
     "meteor_score",
     "mteval_bleu_nist",
     "mteval_tokenize",
+    "pymteval_bleu_nist",
     "ptb_tokenize",
     "require_java",
     "sacrebleu_scores",
@@ -68,6 +74,10 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 _BLEU_ORDER = 4
 _NIST_ORDER = 5
+
+
+class MetricInputError(LorakitError, ValueError):
+    """Texts a metric cannot score, or an unknown metric option; the message says which and why."""
 
 
 def mteval_tokenize(text: str, preserve_case: bool = False) -> list[str]:
@@ -219,12 +229,89 @@ def mteval_bleu_nist(hypotheses: Sequence[str], references: Sequence[Sequence[st
     return {"BLEU": bleu, "NIST": nist}
 
 
+# The scorer's Python mode (``measure_scores.py -p``, its metrics/pymteval.py): the command the LoRA
+# paper's README gives for E2E. Same BLEU/NIST on typical outputs; it departs from the Perl script where
+# outputs are shorter than the n-gram order, where the number of references varies, and on empty texts.
+
+
+def _pymteval_tokenize(text: str) -> list[str]:
+    """Tokens as the scorer's Python mode makes them: mteval's punctuation rules, Unicode-aware whitespace
+    and full Unicode lowercasing; an empty text is one empty token."""
+    t = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    t = t.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    t = _MTEVAL_PUNCT.sub(r" \1 ", f" {t} ")
+    t = _PERIOD_COMMA_AFTER_NONDIGIT.sub(r"\1 \2 ", t)
+    t = _PERIOD_COMMA_BEFORE_NONDIGIT.sub(r" \1 \2", t)
+    t = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", t)
+    return [word.lower() for word in re.sub(r"\s+", " ", t).strip().split(" ")]
+
+
+def pymteval_bleu_nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Corpus BLEU-4 (fraction) and NIST-5 (bits) as the E2E scorer's Python mode (``-p``) computes them.
+
+    Differences from :func:`mteval_bleu_nist` (the scorer's default, the Perl script), all kept on purpose:
+
+    * an output of k words adds k - n (negative when k < n) to the n-gram count of order n;
+    * the NIST length penalty compares the total output length with the sum over instances of each
+      instance's mean reference length (Perl: total reference words over the mean number of references);
+    * n-gram information has no special case for the word "0"; a zero count is floored at 1e-15 in
+      BLEU (Perl: halving smoothing); the closest reference may be an empty one;
+    * lowercasing is full Unicode; an empty text counts as one empty word.
+    """
+    _check_corpus(hypotheses, references)
+    hyps = [_pymteval_tokenize(h) for h in hypotheses]
+    refs = [[_pymteval_tokenize(r) for r in group] for group in references]
+    ref_counts: Counter[tuple[str, ...]] = Counter()  # all reference n-grams, () = total reference words
+    hits = [0] * (_NIST_ORDER + 1)
+    hit_ngrams: list[tuple[tuple[str, ...], int]] = []
+    output_ngrams = [0] * (_NIST_ORDER + 1)
+    closest_ref_words = 0
+    mean_ref_words = 0.0
+    for hyp, group in zip(hyps, refs, strict=True):
+        max_ref_counts: dict[tuple[str, ...], int] = {}
+        for words in group:
+            for ngram, count in _ngrams(words, _NIST_ORDER).items():
+                max_ref_counts[ngram] = max(max_ref_counts.get(ngram, 0), count)
+                ref_counts[ngram] += count
+            ref_counts[()] += len(words)
+        for ngram, count in _ngrams(hyp, _NIST_ORDER).items():
+            clipped = min(count, max_ref_counts.get(ngram, 0))
+            if clipped:
+                hits[len(ngram)] += clipped
+                hit_ngrams.append((ngram, clipped))
+        for n in range(1, _NIST_ORDER + 1):
+            output_ngrams[n] += len(hyp) - n + 1
+        closest_ref_words += min((len(w) for w in group), key=lambda k: (abs(k - len(hyp)), k))
+        mean_ref_words += sum(len(w) for w in group) / len(group)
+
+    log_precisions = sum(
+        math.log(max(hits[n], 1e-15) / max(output_ngrams[n], 1e-9)) for n in range(1, _BLEU_ORDER + 1)
+    )
+    brevity = 1.0
+    if output_ngrams[1] <= closest_ref_words:
+        brevity = math.exp(1 - closest_ref_words / (output_ngrams[1] or 1e-5))
+    bleu = brevity * math.exp(log_precisions / _BLEU_ORDER)
+
+    hit_info = [0.0] * (_NIST_ORDER + 1)
+    for ngram, clipped in hit_ngrams:
+        hit_info[len(ngram)] += math.log2(ref_counts[ngram[:-1]] / ref_counts[ngram]) * clipped
+    if 0 in output_ngrams[1:]:
+        order = output_ngrams.index(0, 1)
+        raise MetricInputError(
+            f"the outputs hold 0 {order}-grams in total (short outputs count negatively in this mode), and "
+            "the scorer's Python mode divides by that count; score with mteval_bleu_nist (the Perl mode)"
+        )
+    nist = sum(hit_info[n] / output_ngrams[n] for n in range(1, _NIST_ORDER + 1))
+    nist *= _nist_length_penalty(output_ngrams[1] / mean_ref_words)
+    return {"BLEU": bleu, "NIST": nist}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Java-backed metrics from pycocoevalcap: PTB tokenizer, METEOR 1.5, plus ROUGE-L and CIDEr
 # ---------------------------------------------------------------------------------------------------
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(LorakitError, RuntimeError):
     """A metric needs the ``java`` command (METEOR 1.5, the Stanford PTB tokenizer) and there is none."""
 
 
@@ -404,14 +491,21 @@ def coco_scores(
 
 
 def e2e_metrics(
-    hypotheses: Sequence[str], references: Sequence[Sequence[str]], meteor: MeteorSession | None = None
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    meteor: MeteorSession | None = None,
+    mteval: str = "perl",
 ) -> dict[str, float]:
     """The five E2E NLG Challenge metrics: ``BLEU, NIST, METEOR, ROUGE_L, CIDEr`` (official units).
 
     ``references[i]`` are all human references of instance (MR) i. Agrees with the official
-    ``measure_scores.py`` to at least 4 decimals. Needs Java for the last three.
+    ``measure_scores.py`` to at least 4 decimals: with ``mteval="perl"`` its default BLEU/NIST (the Perl
+    mteval script), with ``mteval="python"`` its ``-p`` mode, which the LoRA paper's README uses (see
+    :func:`pymteval_bleu_nist`). Needs Java for the last three.
     """
-    scores = mteval_bleu_nist(hypotheses, references)
+    if mteval not in ("perl", "python"):
+        raise MetricInputError(f"mteval must be 'perl' or 'python' (the official scorer's -p mode), not {mteval!r}")
+    scores = (mteval_bleu_nist if mteval == "perl" else pymteval_bleu_nist)(hypotheses, references)
     scores.update(coco_scores(hypotheses, references, meteor=meteor))
     return {k: scores[k] for k in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")}
 

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .glue import DataError
+from .errors import DataError
 
 __all__ = [
     "NLGExample", "DataError", "WEBNLG_SEEN_CATEGORIES", "WEBNLG_UNSEEN_CATEGORIES", "DATASETS",

@@ -1,7 +1,7 @@
 """Evaluation metrics: GLUE/SuperGLUE classification, SQuAD QA, and NLG (E2E, WebNLG, DART).
 
 The package re-exports the public names of ``classification``, ``nlg`` and ``qa`` (each module's ``__all__``
-is the one list of them); language-model metrics stay in ``lorakit.train.metrics.lm``.
+is the one list of them); language-model metrics stay in ``lorakit.metrics.lm``.
 Importing is cheap: the Java-backed (pycocoevalcap) and sacrebleu parts load when an NLG metric runs.
 """
 

@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorakit.errors import LorakitError
+
 __all__ = [
     "LAYOUTS", "Corpus", "CorpusError", "read_corpus", "TokenizedText", "tokenize_text", "Window", "window_plan",
     "WindowNLL", "sliding_window_nll", "lm_metrics", "PseudoPerplexity", "pseudo_perplexity", "max_positions",
@@ -77,7 +79,7 @@ TEXT_SPLIT_FRACTION = (0.9, 0.05, 0.05)  # characters
 _SPLIT_ALIASES = {"dev": "valid", "validation": "valid", "val": "valid", "eval": "valid"}
 
 
-class CorpusError(ValueError):
+class CorpusError(LorakitError, ValueError):
     """An unusable corpus file or folder; the message names the path and what was expected."""
 
 

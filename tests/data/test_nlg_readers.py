@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import need, shared_data
 
-from lorakit.train.tasks.glue import DataError
-from lorakit.train.tasks.nlg_data import (
+from lorakit.data import DataError
+from lorakit.data.nlg import (
     WEBNLG_SEEN_CATEGORIES,
     WEBNLG_UNSEEN_CATEGORIES,
     NLGExample,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lorakit.train.metrics.classification import (
+from lorakit.metrics.classification import (
     GLUE_TASKS,
     accuracy,
     canonical_label,
@@ -129,10 +129,10 @@ def test_superglue_cb_multirc_record():
 
 
 def test_the_metrics_package_reexports_each_module_public_names():
-    import lorakit.train.metrics as package
-    from lorakit.train.metrics import classification, nlg, qa
+    import lorakit.metrics as package
+    from lorakit.metrics import classification, nlg, qa
 
     for module in (classification, nlg, qa):
         for name in module.__all__:
-            assert getattr(package, name) is getattr(module, name), f"lorakit.train.metrics.{name}"
+            assert getattr(package, name) is getattr(module, name), f"lorakit.metrics.{name}"
     assert "accuracy" in package.__all__ and "squad_v2_scores" in package.__all__ and "e2e_metrics" in package.__all__

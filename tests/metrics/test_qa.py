@@ -21,7 +21,7 @@ import json
 import pytest
 from helpers import need, shared_data
 
-from lorakit.train.metrics.qa import (
+from lorakit.metrics.qa import (
     exact_match_score,
     f1_score,
     normalize_answer,

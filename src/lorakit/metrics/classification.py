@@ -287,7 +287,7 @@ def multirc_metrics(
 def record_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """SuperGLUE ReCoRD: ``em`` and ``f1`` as fractions, each the max over a query's gold entities.
 
-    Answers are compared after SQuAD normalisation (see :mod:`lorakit.train.metrics.qa`); ``f1`` is the
+    Answers are compared after SQuAD normalisation (see :mod:`lorakit.metrics.qa`); ``f1`` is the
     token-overlap F1. One predicted string and a non-empty list of gold strings per query.
     """
     from .qa import exact_match_score, f1_score
