@@ -114,3 +114,44 @@ def test_two_processes_match_one_process(tmp_path, kit, strategy, quantization):
     a, b = kit.tensors(tmp_path / "one"), kit.tensors(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_match_one_on_a_causal_lm_with_variable_lengths_packed_or_not(tmp_path, kit):
+    """Token-level loss: the label tokens of the whole global batch, counted over both processes, normalise
+    it. Two packed processes end with the weights of one unpacked process."""
+    from helpers import need, shared_data
+
+    from lorakit.train.config import validate
+
+    data = shared_data()
+    raw = {
+        "model": {"architecture": {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32,
+                                   "n_layer": 2, "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                   "attn_pdrop": 0.0},
+                  "tokenizer": str(need(data / "gpt2-vocab"))},
+        "method": {"name": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]},
+        "task": {"name": "e2e"},
+        "data": {"dir": str(need(data / "e2e")), "max_length": 96, "max_prompt_length": 48, "max_train_examples": 8,
+                 "max_eval_examples": 2, "packing": True},
+        "generation": {"strategy": "greedy", "max_new_tokens": 2, "metrics": "fast"},
+        "optimizer": {"lr": 1e-2},
+        "schedule": {"warmup_steps": 1},
+        "training": {"batch_size": 8, "max_steps": 2, "checkpoint_every": 2, "keep_last": 1, "seed": 3,
+                     "label_smoothing": 0.1, "device": "cpu"},
+        "evaluation": {"every": 100, "average_last": 1, "batch_size": 2, "baseline": False},
+        "logging": {"every": 1, "progress_bar": False, "tensorboard": False, "plots": False},
+    }
+    config = kit.write_config(tmp_path / "c.json", raw)
+    cmd = _torchrun() + ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                         str(kit.REPO / "main.py"), "--config", str(config), "--workdir", str(tmp_path / "two")]
+    _run(cmd, dict(os.environ, OMP_NUM_THREADS="1"))
+    raw["data"]["packing"] = False
+    kit.run(validate(raw), tmp_path / "one")
+    a, b = kit.tensors(tmp_path / "one"), kit.tensors(tmp_path / "two")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in logged if r["split"] == "train"] == pytest.approx(
+        [r["loss"] for r in single if r["split"] == "train"], rel=1e-5)

@@ -59,7 +59,37 @@ def test_checkpointed_gradients_equal_plain_ones_with_dropout_everywhere():
     assert model(ids, labels=ids).loss.item() != pytest.approx(loss, rel=1e-6)
 
 
-def test_training_runs_with_and_without_it_end_with_the_same_weights(tmp_path, kit):
+def test_offload_checkpoints_every_block_through_the_host_hooks_and_equals_plain_checkpointing_on_the_cpu():
+    from lorakit.train.offload import offloaded_checkpoint
+
+    ids = torch.randint(0, 100, (4, 48), generator=torch.Generator().manual_seed(1))
+    model = _gpt2_with_lora()
+    enable_gradient_checkpointing(model)
+    loss, grads, _ = _loss_grads_and_saved_bytes(model, ids)
+    offloaded = _gpt2_with_lora()
+    assert enable_gradient_checkpointing(offloaded, offload=True) == [""]
+    blocks = [m for m in offloaded.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert len(blocks) == 4  # GPT2Model and its 3 blocks
+    assert all(b._gradient_checkpointing_func.func is offloaded_checkpoint for b in blocks)
+    loss_off, grads_off, _ = _loss_grads_and_saved_bytes(offloaded, ids)
+    assert loss_off == loss  # on the CPU nothing moves: plain checkpointing, bit for bit
+    assert grads_off.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_off[name], grads[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_host_hooks_keep_cpu_tensors_as_they_are():
+    from lorakit.train.offload import offload_to_host
+
+    x = torch.randn(3, 4, requires_grad=True)
+    with offload_to_host():
+        y = (x * x).sum()
+    y.backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach())
+
+
+@pytest.mark.parametrize("mode", [True, "offload"])
+def test_training_runs_with_and_without_it_end_with_the_same_weights(tmp_path, kit, mode):
     common = dict(
         model={"architecture": dict(kit.TINY_BERT, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)},
         method={"name": "lora", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["query", "value"]},
@@ -67,7 +97,7 @@ def test_training_runs_with_and_without_it_end_with_the_same_weights(tmp_path, k
         evaluation={"every": 3, "average_last": 1, "baseline": False},
     )
     kit.run(kit.tiny_config(**common), tmp_path / "plain")
-    ckpt = dict(common, training=dict(common["training"], gradient_checkpointing=True))
+    ckpt = dict(common, training=dict(common["training"], gradient_checkpointing=mode))
     kit.run(kit.tiny_config(**ckpt), tmp_path / "checkpointed")
     plain, checkpointed = kit.tensors(tmp_path / "plain"), kit.tensors(tmp_path / "checkpointed")
     assert plain.keys() == checkpointed.keys() and plain

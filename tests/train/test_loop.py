@@ -140,6 +140,7 @@ def test_only_ter_language_model_metrics_and_losses_are_lower_is_better():
         "webnlg": {"TER", "TER_seen", "TER_unseen"}, "dart": {"TER"},
         **{f"{prefix}{corpus}": lm | ({"word_ppl"} if corpus.startswith("wikitext") else set())
            for prefix in ("", "mlm_") for corpus in ("wikitext", "wikitext103", "enwik8", "hutter", "text8", "text")},
+        "sft": {"loss", "ppl"},
     }
     assert get_task("quickstart").is_lower_better("loss") and get_task("cola").is_lower_better("nll")
     assert get_task("webnlg").is_lower_better("TER_seen") and not get_task("webnlg").is_lower_better("BLEU_seen")

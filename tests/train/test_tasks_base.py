@@ -28,7 +28,7 @@ def test_cut_keep_last_keeps_the_final_special_token():
 
 
 def test_every_registered_task_is_a_task_with_the_defaults_filled_in():
-    assert TASKS == tuple(TASK_REGISTRY) and len(TASKS) == 36
+    assert TASKS == tuple(TASK_REGISTRY) and len(TASKS) == 37
     for name in TASKS:
         task = get_task(name)
         assert isinstance(task, Task) and task.model_kind in ("classifier", "causal_lm", "masked_lm"), name

@@ -27,6 +27,7 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .config import Section
 from .errors import ModelLoadError, TrainingError
+from .offload import use_offloaded_checkpoints
 from .tasks import task_from_config
 
 
@@ -105,7 +106,7 @@ def build_configured_model(cfg: Section, task: Any = None, with_method: bool = T
     if with_method:
         apply_configured_method(model, cfg)
     if cfg.training.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model, offload=cfg.training.gradient_checkpointing == "offload")
     return model
 
 
@@ -120,14 +121,15 @@ def quantize_base(model: nn.Module, cfg: Section) -> None:
         raise TrainingError(f"model.quantization: {err}") from None
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> list[str]:
+def enable_gradient_checkpointing(model: nn.Module, offload: bool = False) -> list[str]:
     """Turn on activation recomputation in every Hugging Face transformer inside ``model``.
 
     Uses the model's own ``gradient_checkpointing_enable`` with non-reentrant checkpoints, which
     restore the RNG state before recomputing: dropout masks (the model's and LoRA's, whose seed is
     drawn from torch's generator) come out the same in the recomputation, so the gradients equal
-    those of a run without checkpointing. Only training-mode forwards are checkpointed. Returns the
-    names of the modules switched on (``""`` for the model itself).
+    those of a run without checkpointing. Only training-mode forwards are checkpointed. ``offload``: the
+    saved block inputs of a model on a GPU wait in pinned CPU memory (:mod:`lorakit.train.offload`; on the
+    CPU the same as without). Returns the names of the modules switched on (``""`` for the model itself).
     """
     switched: list[str] = []
     for name, module in model.named_modules():
@@ -142,6 +144,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> list[str]:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
             continue
+        if offload:
+            use_offloaded_checkpoints(module, **kwargs)
         switched.append(name)
     if not switched:
         raise TrainingError(

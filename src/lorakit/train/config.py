@@ -29,7 +29,7 @@ from lorakit.errors import LorakitError
 from lorakit.methods import METHODS
 
 from ..layers import BIAS_MODES
-from .tasks import task_names
+from .tasks import TASK_REGISTRY, task_names
 
 __all__ = [
     "ConfigError", "Section", "SCHEMA", "load_config", "validate", "apply_overrides", "defaults",
@@ -68,9 +68,10 @@ class Section(dict):
 
 @dataclass(frozen=True)
 class Field:
-    """One config key. ``kind``: 'int', 'float', 'bool', 'str', 'str_list', 'str_or_str_list',
-    'dict' (free-form object), 'int_pair' or 'section' (then ``schema`` holds the sub-fields). ``choices``: the
-    allowed values, or a function returning them (a registry's names, read when a config is validated)."""
+    """One config key. ``kind``: 'int', 'float', 'bool', 'bool_or_choice' (true, false or one of ``choices``),
+    'str', 'str_list', 'str_or_str_list', 'dict' (free-form object), 'int_pair' or 'section' (then ``schema``
+    holds the sub-fields). ``choices``: the allowed values, or a function returning them (a registry's names,
+    read when a config is validated)."""
 
     kind: str
     default: Any = None
@@ -213,6 +214,18 @@ SCHEMA: dict[str, Field] = {
                  "completion is the reference followed by the EOS token)",
         ),
         max_prompt_length=Field("int", 256, min=1, help="e2e/webnlg/dart: prompts are cut to this many tokens"),
+        packing=Field(
+            "bool", False,
+            help="causal-LM tasks (e2e, webnlg, dart, language modelling, sft): each training micro-batch's examples "
+                 "are packed into rows of at most max_length tokens, without padding; positions restart and "
+                 "attention stays inside each example, so the per-example losses are those of the padded batch. "
+                 "Evaluation and generation stay unpacked",
+        ),
+        truncate=Field(
+            "bool", False,
+            help="sft, packing: cut an example longer than max_length to its first max_length tokens instead of "
+                 "stopping with an error that names it",
+        ),
         stride=Field(
             "int", None, nullable=True, min=1,
             help="language modelling: evaluation windows of max_length tokens advance by this many (scored) "
@@ -274,9 +287,11 @@ SCHEMA: dict[str, Field] = {
         seed=Field("int", 42, min=0),
         deterministic=Field("bool", False, help="torch deterministic algorithms (slower on GPU)"),
         gradient_checkpointing=Field(
-            "bool", False,
+            "bool_or_choice", False, choices=("offload",),
             help="recompute each transformer block's activations in backward instead of keeping them: "
-                 "less memory for about one more forward pass per step (Hugging Face models)",
+                 "less memory for about one more forward pass per step (Hugging Face models); 'offload' also "
+                 "moves the saved block inputs to pinned CPU memory (non-blocking copies) while the model runs on "
+                 "a GPU, and is plain checkpointing on the CPU",
         ),
         precision=Field(
             "str", "auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -381,6 +396,10 @@ def _check_field(f: Field, value: Any, path: str, problems: list[tuple[str, str]
         if not _check_range(f, value):
             problems.append((path, f"must be a number {_range_text(f)}, got {value!r}"))
         return float(value)
+    if kind == "bool_or_choice":
+        if not isinstance(value, bool) and value not in (f.allowed() or ()):
+            problems.append((path, f"must be true, false or one of {list(f.allowed() or ())}, got {value!r}"))
+        return value
     if kind == "bool":
         if not isinstance(value, bool):
             problems.append((path, f"must be true or false, got {value!r}"))
@@ -425,6 +444,7 @@ def _rng(f: Field) -> str:
 
 def _expected(f: Field) -> str:
     return {"section": "an object", "int": "an integer", "float": "a number", "bool": "true or false",
+            "bool_or_choice": f"true, false or one of {list(f.allowed() or ())}",
             "str": "a string", "str_list": "a list of strings", "dict": "an object"}.get(f.kind, f.kind)
 
 
@@ -484,6 +504,7 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
         elif isinstance(d.get("max_length"), int) and hi > d["max_length"]:
             problems.append(("$.data.random_length",
                              f"high={hi} exceeds data.max_length={d['max_length']}; raise max_length"))
+    _packing_checks(cfg, problems)
     o = cfg.get("optimizer")
     if isinstance(o, dict) and isinstance(o.get("betas"), list):
         if not all(0.0 <= b < 1.0 for b in o["betas"]):
@@ -499,6 +520,30 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
         if _is_int(b) and _is_int(acc) and acc >= 1 and b % acc != 0:
             problems.append(("$.training.grad_accumulation",
                              f"must divide training.batch_size={b} (the global batch), got {acc}"))
+
+
+def is_causal_lm_task(name: str) -> bool:
+    """Whether registered task ``name`` trains a causal language model (``data.packing`` applies to it)."""
+    entry = TASK_REGISTRY.get(name)
+    return entry is not None and entry.factory().model_kind == "causal_lm"
+
+
+def _packing_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
+    d, task, meth = cfg.get("data"), cfg.get("task"), cfg.get("method")
+    if not isinstance(d, dict) or d.get("packing") is not True:
+        return
+    name = task.get("name") if isinstance(task, dict) else None
+    if isinstance(name, str) and name in TASK_REGISTRY and not is_causal_lm_task(name):
+        causal = ", ".join(n for n in task_names() if is_causal_lm_task(n))
+        problems.append(("$.data.packing", f"packs causal-LM training examples ({causal}); "
+                                           f"task {name!r} is not one: set data.packing to false"))
+    if d.get("random_length") is not None:
+        problems.append(("$.data.packing", "packing fills rows of up to data.max_length tokens and data.random_length "
+                                           "cuts every example: set one of them only"))
+    method = meth.get("name") if isinstance(meth, dict) else None
+    if isinstance(method, str) and method.startswith("prefix"):
+        problems.append(("$.data.packing", f"method {method!r} runs through the model's KV cache, which packed rows "
+                                           "cannot use: set data.packing to false"))
 
 
 def validate(raw: Any, source: str | None = None) -> Section:

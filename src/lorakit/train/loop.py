@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from lorakit.errors import processing
 from lorakit.fileio import atomic_write, json_safe
 
+from . import batches as B
 from . import checkpoint as ckpt
 from . import distributed as D
 from . import run_dir
@@ -210,7 +211,7 @@ def fit(run: Run) -> float:
         task.start_step(step)  # collate's random choices (MLM masks) follow (seed, step)
         mine = indices[dinfo.rank * run.micro * accum:(dinfo.rank + 1) * run.micro * accum]  # this process's part
         step_loss, tokens = _forward_backward(model, task, [run.train_set[i] for i in mine], run.micro, length,
-                                              run.scaler, run.amp_dtype, dinfo)
+                                              run.scaler, run.amp_dtype, dinfo, cfg.data)
         if not math.isfinite(step_loss):
             _stop_on_nonfinite(run, step_loss, step)  # before the update: the weights stay finite
         _update(model, run.optimizer, run.scheduler, run.scaler, cfg.training.max_grad_norm)
@@ -408,23 +409,32 @@ def _no_sync(model: nn.Module, sync: bool):
 
 def _forward_backward(model: nn.Module, task, items: list[dict], micro: int, length: int | None,
                       scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
-                      dinfo: D.DistInfo) -> tuple[float, float]:
+                      dinfo: D.DistInfo, data_cfg: Section) -> tuple[float, float]:
     """Accumulate the gradients of this process's part of one global batch, ``micro`` items at a time.
 
-    Returns the mean loss over all processes and the number of real (non-pad) tokens they processed.
+    The step's loss is the sum over all micro-batches and processes divided by the number of loss terms
+    (label tokens, or examples) of the whole global batch (:mod:`lorakit.train.batches`): the same update
+    for any split into processes and accumulation steps. Returns that loss and the number of real
+    (non-pad) tokens all processes processed.
     """
     accum = max(1, len(items) // micro)
-    loss_sum, tokens = 0.0, 0.0
+    batches, tokens = [], 0.0
     for k in range(accum):
-        batch = task.collate(items[k * micro:(k + 1) * micro], max_length=length)
+        batch, real = B.training_batch(task, items[k * micro:(k + 1) * micro], length, data_cfg)
+        batches.append(batch)
+        tokens += real
+    terms = float(sum(B.loss_count(task, batch) for batch in batches))
+    total_terms, tokens = D.all_reduce_sum([terms, tokens], dinfo)  # counted before the first backward
+    scale = B.step_scale(total_terms, dinfo.world_size)
+    loss_sum = 0.0
+    for k, batch in enumerate(batches):
         batch = {name: t.to(dinfo.device) for name, t in batch.items()}
         with _no_sync(model, sync=k == accum - 1), _autocast(dinfo.device, amp_dtype):
-            loss = task.loss(model, batch)
-        scaler.scale(loss / accum).backward()
-        loss_sum += float(loss.detach())
-        tokens += float(batch["attention_mask"].sum())
-    loss_sum, tokens = D.all_reduce_sum([loss_sum, tokens], dinfo)
-    return loss_sum / (accum * dinfo.world_size), tokens
+            summed = B.loss_sum(task, model, batch)
+        scaler.scale(summed * scale).backward()
+        loss_sum += float(summed.detach())
+    (loss_sum,) = D.all_reduce_sum([loss_sum], dinfo)
+    return loss_sum / max(total_terms, 1.0), tokens
 
 
 def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,

@@ -23,9 +23,11 @@ from .superglue import SuperGlueTask
 from .nlg import NLGTask
 from .lm import LMTask
 from .mlm import MLMTask
+from .sft import SFTTask
 # isort: on
 
-__all__ = ["DataError", "GlueTask", "LMTask", "MLMTask", "NLGTask", "NQTask", "SquadTask", "SuperGlueTask", "Task",
+__all__ = ["DataError", "GlueTask", "LMTask", "MLMTask", "NLGTask", "NQTask", "SFTTask", "SquadTask", "SuperGlueTask",
+           "Task",
            "TASKS", "get_task", "register_task", "task_from_config"]
 
 TASKS: tuple[str, ...] = task_names()
@@ -47,7 +49,8 @@ def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Task:
     ``mnli_mm``, ``qnli``, ``squad``, ``squad_v2``, ``nq`` (option ``keep_html``), SuperGLUE ``boolq``, ``cb``,
     ``copa``, ``superglue_rte``, ``wic``, ``wsc``, ``multirc``, ``record``; NLG ``e2e``, ``webnlg``, ``dart`` (option
     ``generation``); language modelling ``wikitext``, ``wikitext103``, ``enwik8``, ``hutter``, ``text8``, ``text``
-    (option ``stride``); masked-LM ``mlm_<corpus>`` for each of those (option ``seed``, ``mask_prob``))."""
+    (option ``stride``); masked-LM ``mlm_<corpus>`` for each of those (option ``seed``, ``mask_prob``); supervised
+    fine-tuning on JSONL prompts/completions or chats ``sft``)."""
     entry = TASK_REGISTRY.get(_canonical(name))
     if entry is None:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")

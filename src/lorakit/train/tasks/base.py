@@ -13,6 +13,11 @@ it knows nothing else about a task:
     cuts every sequence (random sequence-length sampling), keeping its final special token.
 ``loss(model, batch) -> Tensor``
     scalar training loss of the batch (mean over examples).
+``loss_sum(model, batch) -> Tensor`` and ``loss_count(batch) -> int`` (optional)
+    a token-level loss summed over the batch, and its number of terms (label tokens); the loop then divides
+    the sums of all micro-batches and processes by the count of the whole global batch
+    (:mod:`lorakit.train.batches`, whose ``TokenLoss`` gives them to every causal-LM task). Without them a
+    task's ``loss`` counts once per example.
 ``predict(model, batch) -> Tensor | list``
     ``(batch,)`` predictions: class ids, or scores for regression; or one task-defined object per row
     (span predictions, generated texts, per-window log-likelihoods).

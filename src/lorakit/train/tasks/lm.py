@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorakit.losses import causal_lm_loss, fused_loss_unsupported_reason
 from lorakit.metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
 
-from .base import DataError, Task, pad, register_task
+from ..batches import TokenLoss
+from .base import DataError, pad, register_task
 
 __all__ = ["LM_TASKS", "LMTask", "LMTaskSpec", "Segment", "get_lm_task"]
 
@@ -71,12 +71,11 @@ class Segment:
 _PIECE = 10_000
 
 
-class LMTask(Task):
+class LMTask(TokenLoss):
     """Causal-LM fine-tuning and strided evaluation on one corpus layout."""
 
     model_kind = "causal_lm"
     num_labels = 0
-    fused_loss = True  # the loss through lorakit.causal_lm_loss (no full logits) where the model allows it
 
     def __init__(self, spec: LMTaskSpec, label_smoothing: float = 0.0, stride: int | None = None,
                  add_bos: bool = True, split_sizes: Sequence[int] | None = None,
@@ -190,17 +189,6 @@ class LMTask(Task):
     def _logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.logits if hasattr(out, "logits") else out  # (batch, seq, vocab)
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Mean next-token cross-entropy (nats) over the batch's targets, with label smoothing."""
-        if self.fused_loss and fused_loss_unsupported_reason(model) is None:  # equal, without the logits
-            return causal_lm_loss(model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"],
-                                  label_smoothing=self.label_smoothing)
-        logits = self._logits(model, batch).float()  # (batch, seq, vocab)
-        targets = torch.full_like(batch["labels"], -100)
-        targets[:, :-1] = batch["labels"][:, 1:]  # position p predicts token p + 1
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                               label_smoothing=self.label_smoothing)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> list[tuple[float, int, int, int, int]]:

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...losses import causal_lm_loss, fused_loss_unsupported_reason
+from ..batches import TokenLoss
 from ..distributed import unwrap
-from .base import DataError, Task, pad, register_task
+from .base import DataError, pad, register_task
 
 __all__ = ["NLG_TASKS", "NLGTask"]
 
@@ -41,7 +40,7 @@ _METRIC_NAMES = {  # (all, fast): what metrics() reports in each mode
 }
 
 
-class NLGTask(Task):
+class NLGTask(TokenLoss):
     """Conditional generation with a causal LM: ``model_kind = "causal_lm"``.
 
     ``generation``: the config's ``generation`` section (or ``None`` for its defaults); it also says
@@ -53,7 +52,6 @@ class NLGTask(Task):
     num_labels = 0
     main_metric = "BLEU"
     lower_is_better = ("TER", "TER_seen", "TER_unseen")  # an edit rate; BLEU, NIST, METEOR, ROUGE_L, CIDEr rise
-    fused_loss = True  # the loss through lorakit.causal_lm_loss (no full logits) where the model allows it
 
     def __init__(self, name: str, label_smoothing: float = 0.0, generation: Any = None):
         if name not in NLG_TASKS:
@@ -157,17 +155,6 @@ class NLGTask(Task):
         return {"input_ids": pad(prompts, self.pad_id, left=True), "attention_mask": mask}
 
     # -- loss / predict ----------------------------------------------------------------------------------
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Mean cross-entropy over the completion tokens of the batch (prompt and padding ignored)."""
-        if self.fused_loss and fused_loss_unsupported_reason(model) is None:  # equal, without the logits
-            return causal_lm_loss(model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"],
-                                  label_smoothing=self.label_smoothing)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shifted = logits[:, :-1].float()  # (batch, seq - 1, vocab): position t predicts token t + 1
-        targets = batch["labels"][:, 1:]  # (batch, seq - 1)
-        return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                               label_smoothing=self.label_smoothing)
-
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> list[str]:
         """Decode each prompt of the batch with the ``generation`` settings; one string per row."""
