@@ -22,8 +22,8 @@ from typing import Any
 
 from lorakit.errors import LorakitError
 
+from .data.corpora import LAYOUTS, CorpusError, read_corpus
 from .fileio import atomic_write, json_safe
-from .metrics.lm import LAYOUTS, CorpusError, read_corpus
 
 __all__ = ["main", "evaluate_lm", "LMEvalError"]
 

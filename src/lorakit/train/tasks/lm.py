@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorakit.metrics.lm import CorpusError, lm_metrics, read_corpus, tokenize_text, window_plan
+from lorakit.data.corpora import CorpusError, read_corpus
+from lorakit.metrics.lm import lm_metrics, tokenize_text, window_plan
 
 from ..batches import TokenLoss
 from .base import DataError, pad, register_task

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorakit.metrics.lm import _special_template, tokenize_text
+from lorakit.metrics.lm import special_template, tokenize_text
 
 from .base import DataError, cut_keep_last, pad, register_task
 from .lm import LM_TASKS, LMTask, LMTaskSpec
@@ -104,7 +104,7 @@ class MLMTask(LMTask):
             raise DataError(f"task {self.name}: nothing to encode (empty dataset)")
         self.mask_id, self.vocab_size = int(tokenizer.mask_token_id), len(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        before, after = _special_template(tokenizer)
+        before, after = special_template(tokenizer)
         body = int(getattr(cfg, "max_length", 512)) - len(before) - len(after)
         if body < 1:
             raise DataError(f"task {self.name}: data.max_length leaves no room beside {len(before) + len(after)} "
