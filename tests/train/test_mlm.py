@@ -136,6 +136,12 @@ def test_masked_token_loss_and_bpc_equal_a_hand_computation(btok, valid_text):
     assert float(loss) == pytest.approx(nll / n_tokens, rel=1e-5)
     flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=-100)
     assert float(loss) == pytest.approx(float(flat), rel=1e-6)
+    # what the training loop calls (lorakit.train.batches): the masked targets' sum and count, no causal shift
+    from lorakit.train import batches as B
+
+    assert B.loss_count(task, batch) == n_tokens
+    with torch.no_grad():
+        assert float(B.loss_sum(task, model, batch)) == pytest.approx(nll, rel=1e-5)
 
 
 def test_headless_minilm_gets_a_tied_head_that_trains_with_lora_and_a_note():

@@ -157,11 +157,22 @@ class MLMTask(LMTask):
                 batch[key] = table[:, k]
         return batch
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Mean cross-entropy (nats) over the masked targets, with label smoothing."""
+    # The loss terms are the masked positions themselves (no next-token shift): these three replace the causal
+    # token loss that LMTask inherits, and the loop normalises by loss_count over the whole global batch.
+    def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Summed cross-entropy (nats) over the masked targets, with label smoothing."""
         logits = self._logits(model, batch).float()  # (batch, seq, vocab)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
-                               ignore_index=-100, label_smoothing=self.label_smoothing)
+                               ignore_index=-100, label_smoothing=self.label_smoothing, reduction="sum")
+
+    @staticmethod
+    def loss_count(batch: dict[str, Tensor]) -> int:
+        """The masked targets of the batch: ``labels`` (batch, seq) other than -100."""
+        return int((batch["labels"] != -100).sum())
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Mean cross-entropy (nats) over the masked targets, with label smoothing."""
+        return self.loss_sum(model, batch) / max(1, self.loss_count(batch))
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Tensor]) -> list[tuple[float, int, int, int, int]]:
