@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorakit.data.packing import IGNORE_INDEX, forward_inputs, pack_batch
-from lorakit.losses import causal_lm_loss, fused_loss_unsupported_reason
+from lorakit.losses import causal_lm_loss, count_label_tokens, fused_loss_unsupported_reason
 
 from .tasks.base import Task
 
@@ -63,7 +63,7 @@ def loss_sum(task: Any, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 def label_token_count(batch: dict[str, Tensor]) -> int:
     """The targets of a causal-LM batch: label tokens after the first position of each row (position ``t``
     predicts label ``t + 1``). ``batch["labels"]``: ``(batch, seq)`` with -100 where nothing is scored."""
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return int(count_label_tokens(batch["labels"], ignore_index=IGNORE_INDEX))
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0,
