@@ -37,8 +37,8 @@ __all__ = [
     "fused_loss_unsupported_reason", "SUPPORTED_MODEL_TYPES",
 ]
 
-#: The chunk size's default aims at this many logits per chunk (16M: 64 MiB in float32), see default_chunk_size.
-CHUNK_LOGITS = 2**24
+#: The chunk size's default aims at this many logits per chunk (48M: 192 MiB in float32), see default_chunk_size.
+CHUNK_LOGITS = 3 * 2**24
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -49,9 +49,10 @@ class LossInputError(LorakitError, ValueError):
 def default_chunk_size(vocab_size: int) -> int:
     """Rows (tokens) per chunk when ``chunk_size=None``: ``CHUNK_LOGITS // vocab_size``, clamped to [32, 4096].
 
-    At a 128k vocabulary that is 130 rows (64 MiB of float32 logits per chunk); at GPT-2's 50k, 333 rows.
-    Smaller chunks save memory but cost time: on a 2-core CPU at 128k, 32-row chunks took twice as long
-    as 256-row chunks (BENCHMARKS.md).
+    At a 128k vocabulary that is 392 rows (192 MiB of float32 logits per chunk); at GPT-2's 50k, 1001 rows.
+    Smaller chunks save memory but cost time, as the head's matmuls run less efficiently on few rows: on a
+    2-core CPU at 128k, 130-row chunks took 1.2x as long as 384-row chunks, 32-row chunks 2.5x
+    (bench/linear_ce.py, BENCHMARKS.md).
     """
     return max(32, min(4096, CHUNK_LOGITS // max(1, vocab_size)))
 
@@ -79,39 +80,45 @@ class _HeadMath:
 
 
 def _chunk_loss_and_logit_grad(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                               math: _HeadMath, row_grad: Tensor | None, want_grad: bool
+                               math: _HeadMath, row_grad: Tensor | None, want_grad: bool, buffer: Tensor
                                ) -> tuple[Tensor, Tensor | None]:
     """One chunk: per-row losses ``(n,)`` float32, and the gradient of ``sum(row_grad * loss)`` with
     respect to the pre-scale logits ``h @ W.T + b``, ``(n, vocab)`` in the compute dtype (None unless
     ``want_grad``). hidden: ``(n, hidden)``, weight ``(vocab, hidden)`` and bias ``(vocab,)`` already in
-    the compute dtype; targets ``(n,)``; row_grad ``(n,)`` float32, or None for ones.
+    the compute dtype; targets ``(n,)``; row_grad ``(n,)`` float32, or None for ones. buffer: ``(n, vocab)``
+    float32 scratch that the logits, log-probabilities and gradient overwrite in turn (the returned float32
+    gradient is a view of it).
     """
-    logits = hidden @ weight.T
-    if bias is not None:
-        logits = logits + bias
-    logits = logits.float()  # (n, vocab): the softmax always runs in float32, as HF's loss does
+    # Every step below writes into the one reused buffer: a fresh (n, vocab) tensor per chunk and per step
+    # costs a page-faulted allocation each time, ~20% of the head's time on a 2-core CPU (BENCHMARKS.md).
+    if buffer.dtype == hidden.dtype:
+        logits = torch.mm(hidden, weight.T, out=buffer) if bias is None else torch.addmm(bias, hidden, weight.T,
+                                                                                            out=buffer)
+    else:  # the softmax always runs in float32, as HF's loss does
+        logits = buffer.copy_(hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T))
     if math.logit_scale != 1.0:
-        logits = logits * math.logit_scale
+        logits.mul_(math.logit_scale)
     capped = None
     if math.softcap is not None:
-        capped = torch.tanh(logits / math.softcap)
-        logits = capped * math.softcap
-    lse = torch.logsumexp(logits, dim=-1)  # (n,)
-    loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
+        capped = logits.div_(math.softcap).tanh_().clone()
+        logits.mul_(math.softcap)
+    # log-softmax in place: its row-wise kernel reads each row's values before it writes them
+    log_probs = torch.ops.aten._log_softmax.out(logits, 1, False, out=logits)  # (n, vocab)
+    loss = -log_probs.gather(1, targets[:, None]).squeeze(1)
     eps = math.label_smoothing
-    if eps:  # smoothing term: -mean_j log p_j = lse - mean_j z_j
-        loss = (1.0 - eps) * loss + eps * (lse - logits.mean(dim=-1))
+    if eps:  # smoothing term: -mean_j log p_j
+        loss = (1.0 - eps) * loss - eps * log_probs.mean(dim=-1)
     if not want_grad:
         return loss, None
-    # d loss / d logits = softmax - (1 - eps) one_hot - eps / vocab; built in place over the logits' memory
-    grad = logits.sub_(lse[:, None]).exp_()
+    # d loss / d logits = softmax - (1 - eps) one_hot - eps / vocab, built in place
+    grad = log_probs.exp_()
     if eps:
         grad.sub_(eps / grad.shape[1])
     grad[torch.arange(grad.shape[0], device=grad.device), targets] -= 1.0 - eps
     if row_grad is not None:
         grad.mul_(row_grad[:, None])
     if capped is not None:  # d(c tanh(z / c)) / dz = 1 - tanh^2
-        grad.mul_(1.0 - capped * capped)
+        grad.mul_(capped.square_().neg_().add_(1.0))
     if math.logit_scale != 1.0:
         grad.mul_(math.logit_scale)
     return loss, grad.to(math.compute_dtype)
@@ -132,11 +139,13 @@ def _head_grads(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Te
     # weight/bias gradients accumulate in float32 over chunks (bf16 sums of many chunks would lose precision)
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need[1] else None
     grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need[2] else None
+    buffer = torch.empty(min(n, math.chunk_size), weight.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, n, math.chunk_size):
         rows = slice(start, min(n, start + math.chunk_size))
         h = hidden[rows].to(cd)
         chunk_rows_grad = row_grad[rows] if row_grad is not None else None
-        losses[rows], grad = _chunk_loss_and_logit_grad(h, w, b, targets[rows], math, chunk_rows_grad, want_grad)
+        losses[rows], grad = _chunk_loss_and_logit_grad(h, w, b, targets[rows], math, chunk_rows_grad, want_grad,
+                                                        buffer[:h.shape[0]])
         if grad_hidden is not None:
             grad_hidden[rows] = grad @ w
         if grad_weight is not None:
@@ -247,12 +256,13 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, *, bias
     * ``label_smoothing`` as in ``F.cross_entropy`` (eps spread uniformly over the vocabulary).
     * ``logit_scale`` and ``softcap``: the logits are ``softcap * tanh(scale * z / softcap)`` (Gemma 2/3's
       final soft-capping, Cohere's logit scale); defaults leave ``z`` as it is.
-    * ``chunk_size``: tokens per chunk; None means :func:`default_chunk_size` of the vocabulary (130 rows at
-      128k, 333 at 50k: about 64 MiB of float32 logits per chunk).
+    * ``chunk_size``: tokens per chunk; None means :func:`default_chunk_size` of the vocabulary (392 rows at
+      128k, 1001 at 50k: about 192 MiB of float32 logits per chunk, the only vocabulary-sized buffer).
     * Under autocast the matmuls run in the autocast dtype (as ``F.linear`` would); the softmax and the
       loss always run in float32. The result is a float32 tensor.
 
-    Memory: one chunk's logits (a few times ``chunk_size x vocab`` floats) plus the ``(tokens, hidden)``
+    Memory: one reused float32 ``(chunk_size, vocab)`` buffer for the logits and their gradient (plus a
+    chunk in the compute dtype under autocast, and one for soft-capping), the ``(tokens, hidden)``
     gradient of the hidden states, and a ``(vocab, hidden)`` float32 gradient only if ``weight`` requires
     grad. Raises :class:`LossInputError` (a ``ValueError``) for mismatched shapes, labels outside
     ``[0, vocab)``, ``chunk_size <= 0`` or an unknown reduction.
