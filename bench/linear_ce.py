@@ -44,10 +44,10 @@ def variants(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -
         return F.cross_entropy(logits.reshape(-1, vocab), labels[:, 1:].reshape(-1))
 
     out = {"full": full}
-    for size in (32, 64, 130, 256, 512):
+    for size in (32, 130, 256, 392, 512, 1024):
         out[f"grad-in-forward-{size}"] = lambda size=size: lorakit.linear_cross_entropy(hidden, weight, labels,
                                                                                        chunk_size=size)
-    for size in (130, 256):
+    for size in (392,):
         out[f"recompute-{size}"] = lambda size=size: (
             lorakit.linear_cross_entropy(hidden, weight, labels, chunk_size=size, reduction="none").sum()
             / lorakit.count_label_tokens(labels))
