@@ -62,17 +62,22 @@ class Variant:
     library: str
     checkpointing: bool = False
     loss: str = "hf"
+    nf4: bool = False  # the frozen block linears stored in 4-bit NF4 (lorakit.quantize) before LoRA
 
 
-# New features (packing, nf4, offload) become new fields and new rows here.
+# lorakit with each feature alone and all together (offload is plain checkpointing on the CPU; packing is
+# measured on real E2E pairs by bench/packing.py). New features become new fields and new rows here.
 VARIANTS = [
     Variant("peft", "peft"),
     Variant("peft-ckpt", "peft", checkpointing=True),
     Variant("peft-cce", "peft", loss="cce"),
     Variant("peft-ckpt-cce", "peft", checkpointing=True, loss="cce"),
     Variant("lorakit", "lorakit"),
+    Variant("lorakit-ckpt", "lorakit", checkpointing=True),
+    Variant("lorakit-nf4", "lorakit", nf4=True),
     Variant("lorakit-fused", "lorakit", loss="fused"),
     Variant("lorakit-fused-ckpt", "lorakit", checkpointing=True, loss="fused"),
+    Variant("lorakit-fused-ckpt-nf4", "lorakit", checkpointing=True, loss="fused", nf4=True),
     Variant("lorakit-fused-recompute", "lorakit", loss="fused-recompute"),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
@@ -95,6 +100,8 @@ def build(variant: Variant, args: argparse.Namespace) -> torch.nn.Module:
     else:
         import lorakit
 
+        if variant.nf4:
+            lorakit.quantize(model, "nf4")
         lorakit.inject(model, lorakit.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=targets))
     if variant.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -151,14 +158,14 @@ def worker(variant: Variant, args: argparse.Namespace) -> dict:
     for k in range(args.steps):
         if k == 0:
             Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark VmHWM to the current RSS
-            rss_before = _proc_status_kib("VmRSS")
+            rss_before = _proc_status_kib("VmRSS")  # the model, optimizer state and interpreter
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
         if k == 0:
             growth = (_proc_status_kib("VmHWM") - rss_before) * 1024
     return {"variant": variant.name, "step_s": statistics.median(times), "times": times,
-            "peak_growth_bytes": growth, "first_loss": first_loss}
+            "peak_growth_bytes": growth, "rss_before_bytes": rss_before * 1024, "first_loss": first_loss}
 
 
 def run_variant(name: str, argv: list[str]) -> dict:
@@ -179,9 +186,10 @@ def report(results: dict[str, dict], args: argparse.Namespace, command: str, loa
     for name, r in results.items():
         mem_ratio = r["peak_growth_bytes"] / base["peak_growth_bytes"] if base else float("nan")
         time_ratio = r["step_s"] / base["step_s"] if base else float("nan")
-        rows.append([name, common.format_bytes(r["peak_growth_bytes"]), f"{r['step_s']:.2f}",
+        rows.append([name, common.format_bytes(r["rss_before_bytes"]), common.format_bytes(r["peak_growth_bytes"]),
+                     f"{r['step_s']:.2f}",
                      f"{mem_ratio:.3f}", f"{time_ratio:.3f}", f"{r['first_loss']:.4f}"])
-    table = common.markdown_table(["variant", "peak RSS growth", "step s (median)", "memory / peft",
+    table = common.markdown_table(["variant", "RSS at step start", "peak RSS growth", "step s (median)", "memory / peft",
                                    "time / peft", "loss (warm-up step)"], rows)
     lines = [f"Command: `{command}`", "", f"Code: lorakit at commit {revision}", "",
              f"Machine: {common.describe_machine('cpu', ['transformers', 'peft', 'cut-cross-entropy'])}", "",
