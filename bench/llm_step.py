@@ -179,6 +179,15 @@ def run_variant(name: str, argv: list[str]) -> dict:
     raise RuntimeError(f"variant {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
+def pooled(runs: list[dict]) -> dict:
+    """One variant's processes (one per round) as one result: the median over every timed step of every
+    process, the median peak growth, and the slowest/fastest step (the spread the noise of the machine made)."""
+    times = [t for r in runs for t in r["times"]]
+    return {**runs[0], "step_s": statistics.median(times), "times": times,
+            "peak_growth_bytes": statistics.median(r["peak_growth_bytes"] for r in runs),
+            "rss_before_bytes": statistics.median(r["rss_before_bytes"] for r in runs)}
+
+
 def report(results: dict[str, dict], args: argparse.Namespace, command: str, loads: tuple[float, float],
            revision: str) -> str:
     base = results.get("peft")
@@ -187,9 +196,10 @@ def report(results: dict[str, dict], args: argparse.Namespace, command: str, loa
         mem_ratio = r["peak_growth_bytes"] / base["peak_growth_bytes"] if base else float("nan")
         time_ratio = r["step_s"] / base["step_s"] if base else float("nan")
         rows.append([name, common.format_bytes(r["rss_before_bytes"]), common.format_bytes(r["peak_growth_bytes"]),
-                     f"{r['step_s']:.2f}",
+                     f"{r['step_s']:.2f} ({min(r['times']):.2f}-{max(r['times']):.2f})",
                      f"{mem_ratio:.3f}", f"{time_ratio:.3f}", f"{r['first_loss']:.4f}"])
-    table = common.markdown_table(["variant", "RSS at step start", "peak RSS growth", "step s (median)", "memory / peft",
+    table = common.markdown_table(["variant", "RSS at step start", "peak RSS growth", "step s: median (range)",
+                                   "memory / peft",
                                    "time / peft", "loss (warm-up step)"], rows)
     lines = [f"Command: `{command}`", "", f"Code: lorakit at commit {revision}", "",
              f"Machine: {common.describe_machine('cpu', ['transformers', 'peft', 'cut-cross-entropy'])}", "",
@@ -198,7 +208,9 @@ def report(results: dict[str, dict], args: argparse.Namespace, command: str, loa
              "ratios, and only roughly)", "",
              f"Shape: {args.layers} layers, hidden {args.hidden}, MLP {args.mlp}, vocabulary {args.vocab}, batch "
              f"{args.batch} x {args.seq} tokens; LoRA r={LORA_R} on every linear layer of the blocks; "
-             f"warm-up step then median of {args.steps} steps; memory over the first timed step.", "", table]
+             f"{args.rounds} round(s), each variant in a fresh process per round (order rotated); in each, a warm-up "
+             f"step then {args.steps} timed steps; step time: median over all timed steps of all rounds (range: "
+             "fastest-slowest step); memory: over the first timed step, median over rounds.", "", table]
     goal = results.get("lorakit-fused-ckpt")
     if base and goal and "peft-ckpt-cce" in results:
         cce = results["peft-ckpt-cce"]
@@ -224,6 +236,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up step)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every variant this many times, each in a fresh process, order rotated per round")
     ap.add_argument("--variants", nargs="+", choices=list(BY_NAME), default=list(BY_NAME))
     ap.add_argument("--worker", choices=list(BY_NAME), help=argparse.SUPPRESS)
     common.add_update_md_argument(ap)
@@ -241,12 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     log = common.progress_logger()
     revision = common.git_revision()  # at the start: the code the subprocesses run
     load_before = common.load_average()
-    results = {}
-    for name in args.variants:
-        log(f"variant {name} ...")
-        results[name] = run_variant(name, shape_argv)
-        r = results[name]
-        log(f"  {name}: {common.format_bytes(r['peak_growth_bytes'])}, step {r['step_s']:.2f} s {r['times']}")
+    runs: dict[str, list[dict]] = {name: [] for name in args.variants}
+    for round_index in range(args.rounds):  # each round runs every variant once, the order rotated per round
+        shift = round_index % len(args.variants)
+        for name in args.variants[shift:] + args.variants[:shift]:
+            log(f"round {round_index + 1}/{args.rounds}: variant {name} ...")
+            r = run_variant(name, shape_argv)
+            runs[name].append(r)
+            log(f"  {name}: {common.format_bytes(r['peak_growth_bytes'])}, step {r['step_s']:.2f} s {r['times']}")
+    results = {name: pooled(rs) for name, rs in runs.items()}
     body = report(results, args, common.command_line("bench.llm_step", argv), (load_before, common.load_average()),
                   revision)
     return common.publish_section(SECTION_TITLE, body, args.update_md)

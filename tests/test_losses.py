@@ -159,7 +159,7 @@ def test_bad_input_gets_a_clear_error(change, named):
 
 
 def test_default_chunk_size_follows_the_vocabulary():
-    assert default_chunk_size(128_256) == 392 and default_chunk_size(50_257) == 1001
+    assert default_chunk_size(128_256) == 523 and default_chunk_size(50_257) == 1335
     assert default_chunk_size(10) == 4096 and default_chunk_size(10**9) == 32
 
 

@@ -37,8 +37,8 @@ __all__ = [
     "fused_loss_unsupported_reason", "SUPPORTED_MODEL_TYPES",
 ]
 
-#: The chunk size's default aims at this many logits per chunk (48M: 192 MiB in float32), see default_chunk_size.
-CHUNK_LOGITS = 3 * 2**24
+#: The chunk size's default aims at this many logits per chunk (64M: 256 MiB in float32), see default_chunk_size.
+CHUNK_LOGITS = 2**26
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -49,10 +49,10 @@ class LossInputError(LorakitError, ValueError):
 def default_chunk_size(vocab_size: int) -> int:
     """Rows (tokens) per chunk when ``chunk_size=None``: ``CHUNK_LOGITS // vocab_size``, clamped to [32, 4096].
 
-    At a 128k vocabulary that is 392 rows (192 MiB of float32 logits per chunk); at GPT-2's 50k, 1001 rows.
+    At a 128k vocabulary that is 523 rows (256 MiB of float32 logits per chunk); at GPT-2's 50k, 1335 rows.
     Smaller chunks save memory but cost time, as the head's matmuls run less efficiently on few rows: on a
-    2-core CPU at 128k, 130-row chunks took 1.2x as long as 384-row chunks, 32-row chunks 2.5x
-    (bench/linear_ce.py, BENCHMARKS.md).
+    2-core CPU at 128k, 130-row chunks took 1.4x as long as 512-row chunks, 32-row chunks 1.9x, while
+    1024-row chunks gained nothing (bench/linear_ce.py, BENCHMARKS.md).
     """
     return max(32, min(4096, CHUNK_LOGITS // max(1, vocab_size)))
 
@@ -256,8 +256,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, *, bias
     * ``label_smoothing`` as in ``F.cross_entropy`` (eps spread uniformly over the vocabulary).
     * ``logit_scale`` and ``softcap``: the logits are ``softcap * tanh(scale * z / softcap)`` (Gemma 2/3's
       final soft-capping, Cohere's logit scale); defaults leave ``z`` as it is.
-    * ``chunk_size``: tokens per chunk; None means :func:`default_chunk_size` of the vocabulary (392 rows at
-      128k, 1001 at 50k: about 192 MiB of float32 logits per chunk, the only vocabulary-sized buffer).
+    * ``chunk_size``: tokens per chunk; None means :func:`default_chunk_size` of the vocabulary (523 rows at
+      128k, 1335 at 50k: 256 MiB of float32 logits per chunk, the only vocabulary-sized buffer).
     * Under autocast the matmuls run in the autocast dtype (as ``F.linear`` would); the softmax and the
       loss always run in float32. The result is a float32 tensor.
 
