@@ -93,6 +93,28 @@ def test_masks_are_a_function_of_seed_and_step_so_resume_repeats_them(btok, vali
     assert all(torch.equal(a, b) for a, b in zip(other, again, strict=True))
 
 
+def test_processes_draw_different_masks_for_their_rows_and_together_those_of_one_process(btok, valid_text):
+    """Under DDP each process collates its own slice of the global batch: the mask key is the row of the global
+    batch (start_step's first_row = rank x rows per process), so rank 0 and rank 1 draw different masks for the
+    same items, and the two ranks together draw what one process draws for the whole batch."""
+    items = _encode(get_task("mlm_wikitext"), btok, valid_text, training=True)[:8]
+    task = get_task("mlm_wikitext", seed=5)
+    _encode(task, btok, valid_text[:2000], training=True)
+    task.start_step(3)
+    single = task.collate(items)  # one process, global batch of 8
+    task.start_step(3, first_row=0)
+    rank0 = task.collate(items[:4])
+    task.start_step(3, first_row=4)
+    rank1 = task.collate(items[4:])
+    for key in ("input_ids", "labels"):
+        assert torch.equal(torch.cat([rank0[key], rank1[key]]), single[key])
+    task.start_step(3, first_row=4)  # rank 1 given rank 0's items: other masks (the bug was equal ones)
+    same_items_rank1 = task.collate(items[:4])
+    assert not torch.equal(same_items_rank1["labels"], rank0["labels"])
+    task.start_step(3, first_row=4)  # and the same rank at the same step again: the same masks (resume)
+    assert torch.equal(task.collate(items[:4])["labels"], same_items_rank1["labels"])
+
+
 def _tiny_mlm(vocab_size=30522):
     from transformers import BertConfig, BertForMaskedLM
 
