@@ -198,6 +198,50 @@ def test_mlm_run_end_to_end_reports_masked_token_metrics(tmp_path, kit):
     assert results["task"] == "mlm_wikitext" and results["steps"] == 4
 
 
+def test_mlm_adapter_loads_back_with_peft_on_the_masked_lm_with_equal_outputs(tmp_path, kit):
+    """A masked-LM LoRA run of the real (headless) MiniLM: its adapter_config.json has no CAUSAL_LM task_type
+    (PeftModelForCausalLM cannot wrap BertForMaskedLM), and PeftModel.from_pretrained on
+    AutoModelForMaskedLM gives the run's own logits, the new head's transform coming from modules_to_save."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    from lorakit.train.config import validate
+    from lorakit.train.finished_run import load_run
+
+    raw = kit.tiny_raw_config(WIKITEXT, task={"name": "mlm_wikitext"},
+                              data={"max_length": 32, "max_train_examples": 8, "max_eval_examples": 2,
+                                    "train_split": "valid", "eval_split": "test"},
+                              training={"max_steps": 2, "checkpoint_every": 2, "keep_last": 1, "batch_size": 4},
+                              evaluation={"every": 100, "average_last": 1, "batch_size": 4, "metric": "bpc",
+                                          "baseline": False})
+    raw["model"] = {"name_or_path": str(minilm_folder())}
+    cfg = validate(raw)
+    kit.run(cfg, tmp_path / "run")
+    adapter = tmp_path / "run" / "adapter"
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["task_type"] is None  # PEFT has no masked-LM type; see build.PEFT_TASK_TYPES
+    assert saved["modules_to_save"] == ["cls.predictions.transform.LayerNorm", "cls.predictions.transform.dense"]
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in load_file(adapter / "adapter_model.safetensors").items())
+
+    ours = load_run(cfg, tmp_path / "run", None, None, None, with_data=False).model.eval()
+    torch.manual_seed(99)  # PEFT's base draws its own random transform: modules_to_save must replace it
+    peft_model = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(str(minilm_folder())),
+                                           str(adapter)).eval()
+    assert type(peft_model) is PeftModel
+    ids = minilm_tokenizer()(["the cat sat on the [MASK] .", "lorakit trains a masked [MASK] model"],
+                             padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = ours(**ids).logits
+        got = peft_model(**ids).logits
+        with peft_model.disable_adapter():
+            base = peft_model(**ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert (base - expected).abs().max() > 1e-2  # the adapter matters
+
+
 def test_mlm_on_a_tokenizer_without_a_mask_token_is_refused_by_name(valid_text):
     with pytest.raises(DataError, match="no mask token") as err:
         _encode(get_task("mlm_wikitext"), gpt2_tokenizer(), valid_text[:500], training=True)

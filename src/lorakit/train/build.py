@@ -94,6 +94,14 @@ def build_model(model_cfg: Section, num_labels: int, kind: str = "classifier") -
 
 MODEL_KINDS = ("classifier", "causal_lm", "masked_lm")
 
+# The PEFT task_type written to adapter_config.json for each model kind: PeftModel.from_pretrained picks its
+# PeftModel subclass by it. PEFT has no masked-LM type. CAUSAL_LM would break loading (PeftModelForCausalLM
+# reads the base's prepare_inputs_for_generation, which BertForMaskedLM lacks: AttributeError).
+# FEATURE_EXTRACTION would load, but it names an embedding model (hidden states out), not MLM logits. None,
+# PEFT's default, gives the plain PeftModel, which passes every argument to the base model unchanged: an
+# AutoModelForMaskedLM wrapped by it computes what the run trained.
+PEFT_TASK_TYPES: dict[str, str | None] = {"classifier": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "masked_lm": None}
+
 
 def build_configured_model(cfg: Section, task: Any = None, with_method: bool = True) -> nn.Module:
     """The model of an experiment config (its task's kind), with the fine-tuning method applied unless
@@ -235,7 +243,7 @@ def apply_configured_method(model: nn.Module, cfg: Section) -> None:
             r=m.r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.target_modules,
             exclude_modules=m.exclude_modules or None, bias=m.bias, modules_to_save=saved or None,
             fan_in_fan_out=m.fan_in_fan_out, enable_lora=dict(m.enable_lora),
-            task_type="SEQ_CLS" if isinstance(model, SequenceClassifier) else "CAUSAL_LM",
+            task_type=PEFT_TASK_TYPES[task_from_config(cfg).model_kind],
             base_model_name_or_path=cfg.model.name_or_path,
         )
         inject(model, lcfg)
