@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -81,6 +82,15 @@ def test_squad_folder_with_dev_only(tmp_path):
     notes: list[str] = []
     out = dp.prepare("squad", tmp_path, source=SQUAD, say=notes.append)
     assert (out / "dev-v1.1.json").is_file() and any("train-v1.1.json not found" in n for n in notes)
+    # SQuAD shares its folder with other tasks: a later prepare keeps the earlier files' manifest entries
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "dev-v2.0.json").write_text('{"version": "v2.0", "data": []}', encoding="utf-8")
+    dp.prepare("squad_v2", tmp_path, source=v2, say=notes.append)
+    files = json.loads((tmp_path / dp.MANIFEST).read_text())["files"]
+    assert files["dev-v1.1.json"]["pinned"] is True and files["dev-v1.1.json"]["task"] == "squad"
+    assert files["dev-v2.0.json"]["pinned"] is False and files["dev-v2.0.json"]["task"] == "squad_v2"
+    assert any(f"dev-v2.0.json: no pinned checksum; sha256 {files['dev-v2.0.json']['sha256']}" in n for n in notes)
 
 
 # -- NLG datasets (E2E, WebNLG 2017, DART) --------------------------------------------------------------
@@ -96,7 +106,12 @@ def test_e2e_and_webnlg_from_the_shared_folders_are_checked_copied_and_read(tmp_
     out = dp.prepare("e2e", tmp_path, source=_shared_nlg("e2e"), say=notes.append)
     assert out == tmp_path / "e2e"
     assert (out / "trainset.csv").read_bytes() == (SHARED / "e2e" / "trainset.csv").read_bytes()
-    assert sorted(p.name for p in out.iterdir()) == ["devset.csv", "testset.csv", "testset_w_refs.csv", "trainset.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["devset.csv", dp.MANIFEST, "testset.csv", "testset_w_refs.csv",
+                                                      "trainset.csv"]
+    # the manifest: each file's digest, checked against the pinned one
+    recorded = json.loads((out / dp.MANIFEST).read_text())["files"]["trainset.csv"]
+    assert recorded["sha256"] == dp.SOURCES["e2e"].files["trainset.csv"] and recorded["pinned"] is True
+    assert recorded["task"] == "e2e" and recorded["source"] == str(_shared_nlg("e2e"))
     assert "e2e train: 4862 inputs, 42061 references" in notes and "e2e test: 630 inputs, 4693 references" in notes
     notes.clear()
     out = dp.prepare("webnlg", tmp_path, source=_shared_nlg("webnlg_challenge_2017").parent, say=notes.append)
@@ -109,7 +124,8 @@ def test_e2e_and_webnlg_from_the_shared_folders_are_checked_copied_and_read(tmp_
 def test_dart_from_a_partial_folder_and_a_file_that_does_not_read(tmp_path):
     notes: list[str] = []
     out = dp.prepare("dart", tmp_path / "a", source=_shared_nlg("dart"), say=notes.append)
-    assert sorted(p.name for p in out.iterdir()) == ["dart-v1.1.1-full-dev.json", "dart-v1.1.1-full-test.xml"]
+    assert sorted(p.name for p in out.iterdir()) == ["dart-v1.1.1-full-dev.json", "dart-v1.1.1-full-test.xml",
+                                                      dp.MANIFEST]
     assert "note: dart-v1.1.1-full-train.json not found under" in " ".join(notes)
     assert "dart dev: 2768 inputs, 6980 references" in notes and "dart test: 5097 inputs, 12551 references" in notes
     raw = tmp_path / "raw"

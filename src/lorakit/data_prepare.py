@@ -20,15 +20,23 @@ E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.
 ``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
 ``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``); LM corpora (from mattmahoney.net/dc
 and the WikiText release zip, digests printed, not pinned) ``DIR/enwik8/enwik8``, ``DIR/text8/text8``,
-``DIR/hutter/enwik9``, ``DIR/wikitext-103/wiki.{train,valid,test}.tokens``. The NLG folders are then read with
-:mod:`lorakit.data.nlg` (a file that does not parse stops the command); a DART folder given with
+``DIR/hutter/enwik9``, ``DIR/wikitext-103/wiki.{train,valid,test}.tokens``; OpenWebText (the open re-creation of
+WebText: the 21 tar shards of the Hugging Face dataset ``Skylion007/openwebtext``, or with ``--from`` a folder
+of them, of the ``.xz`` archives inside them or of its parquet files) ``DIR/webtext/{train,valid,test}.txt``,
+split by :mod:`lorakit.data.openwebtext` (``--holdout``, ``--max-train-docs``). The NLG folders are then read
+with :mod:`lorakit.data.nlg` (a file that does not parse stops the command); a DART folder given with
 ``--from`` may hold only some splits.
+
+Every prepared folder gets ``lorakit-prepare.json``: each file's SHA-256, whether it was checked against a pinned
+digest, the task and the source. For files without a pinned digest (the LM corpora, OpenWebText's shards, a
+few GLUE/SuperGLUE files) this is the record of which copy a result was computed on.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -37,13 +45,16 @@ import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write
 
-__all__ = ["PrepareError", "SOURCES", "prepare", "main"]
+__all__ = ["MANIFEST", "PrepareError", "SOURCES", "prepare", "main"]
+
+MANIFEST = "lorakit-prepare.json"  # in each prepared folder: the SHA-256 of every file, pinned or not
 
 
 class PrepareError(LorakitError, RuntimeError):
@@ -77,6 +88,8 @@ _WEBNLG = "https://gitlab.com/shimorina/webnlg-dataset/-/raw/master/webnlg_chall
 _HUTTER = "http://mattmahoney.net/dc/"
 # Salesforce's (MetaMind) original WikiText release location
 _WIKITEXT = "https://s3.amazonaws.com/research.metamind.io/wikitext/"
+# OpenWebText's canonical copy: the Hugging Face dataset of its authors (21 tar shards of xz archives)
+_OWT = "https://huggingface.co/datasets/Skylion007/openwebtext/resolve/main/subsets/"
 _DART = "https://raw.githubusercontent.com/Yale-LILY/dart/bb644b12ec1d0264f96a31145534b9a94f6ff5f5/data/v1.1.1/"
 
 # WebNLG 2017 challenge train/dev XML files: "split n-triples category sha256"; the file is
@@ -253,6 +266,10 @@ SOURCES: dict[str, Source] = {
     "hutter": Source("hutter", {"enwik9.zip": _HUTTER + "enwik9.zip"}, {"enwik9": None}),
     "wikitext103": Source("wikitext-103", {"wikitext-103-v1.zip": _WIKITEXT + "wikitext-103-v1.zip"},
                           {f"wiki.{split}.tokens": None for split in ("train", "valid", "test")}),
+    # OpenWebText (WebText's open re-creation) in the text layout: lorakit.data.openwebtext reads the shards and
+    # writes webtext/{train,valid,test}.txt; the shards' digests are printed and recorded, not pinned (as above)
+    "openwebtext": Source("webtext", {f"urlsf_subset{i:02d}.tar": f"{_OWT}urlsf_subset{i:02d}.tar" for i in range(21)},
+                          {}, build="openwebtext"),
     "e2e": Source("e2e", {name: _E2E + name for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv",
                                                           "testset.csv")},
                   {"trainset.csv": "f27d48df45815288ab15619d47a79028c300fbb7f42e373668aba0b98c1d57c6",
@@ -280,15 +297,35 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check(path: Path, expected: str | tuple[str, ...] | None, say) -> None:
+def _check(path: Path, expected: str | tuple[str, ...] | None, say) -> str:
+    """Check ``path`` against its pinned SHA-256 (``expected``; a tuple: any of them); return the digest seen.
+    Without a pinned digest the file is not checked: a note says so and prints the digest."""
     actual = _sha256(path)
     accepted = (expected,) if isinstance(expected, str) else expected
     if accepted is None:
-        say(f"note: {path.name}: no pinned checksum; sha256 {actual}")
+        say(f"note: {path.name}: no pinned checksum; sha256 {actual} (not verified against a known digest; "
+            f"recorded in {MANIFEST})")
     elif actual not in accepted:
         raise PrepareError(f"{path}: checksum mismatch (sha256 {actual}, expected {' or '.join(accepted)}); the file "
                            "is not the official release (damaged download or another version); delete it and try "
                            "again")
+    return actual
+
+
+def _write_manifest(out: Path, task: str, source: str, files: dict[str, dict]) -> None:
+    """Record in ``out/lorakit-prepare.json`` each prepared (or read) file's SHA-256 and whether it was
+    checked against a pinned digest; entries of earlier runs for other files (another task sharing the
+    folder, e.g. SQuAD v1.1 and v2.0) stay."""
+    path = out / MANIFEST
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("files", {}) if path.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        old = {}  # an unreadable manifest is rewritten
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    entries = {**old, **{name: {**info, "task": task, "source": source, "prepared": when}
+                         for name, info in files.items()}}
+    atomic_write(path, json.dumps({"written_by": "lorakit data prepare", "files": dict(sorted(entries.items()))},
+                                  indent=1) + "\n")
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -375,14 +412,21 @@ def _check_readable(dataset: str, folder: Path, say) -> None:
         say(f"{dataset} {split}: {len(examples)} inputs, {sum(len(e.references) for e in examples)} references")
 
 
-def prepare(task: str, to: str | Path, source: str | Path | None = None, say=print) -> Path:
+def prepare(task: str, to: str | Path, source: str | Path | None = None, say=print, *,
+            holdout: float | None = None, max_train_docs: int | None = None) -> Path:
     """Prepare ``task``'s files under ``to`` (from ``source`` when given, else downloaded); return the
-    folder the task reads (``--data`` for it)."""
+    folder the task reads (``--data`` for it). ``holdout``, ``max_train_docs``: openwebtext only (see
+    :func:`lorakit.data.openwebtext.write_splits`)."""
     key = task.lower().replace("-", "")
     if key not in SOURCES:
         raise PrepareError(f"unknown task {task!r}; known: {', '.join(SOURCES)}")
     spec = SOURCES[key]
     out = Path(to).expanduser() / spec.folder if spec.folder else Path(to).expanduser()
+    if spec.build == "openwebtext":
+        return _prepare_openwebtext(spec, Path(to).expanduser(), out, source, say, holdout, max_train_docs)
+    if holdout is not None or max_train_docs is not None:
+        raise PrepareError(f"--holdout and --max-train-docs apply to openwebtext only, not {task!r}")
+    seen: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if source is None:
@@ -401,43 +445,91 @@ def prepare(task: str, to: str | Path, source: str | Path | None = None, say=pri
                 nested = [root / spec.folder, *(p / spec.folder for p in sorted(root.iterdir()) if p.is_dir())]
                 root = next((p for p in nested if p.is_dir()), root)
         out.mkdir(parents=True, exist_ok=True)
-        built = set()
-        if spec.build == "mrpc" and not all(_find(root, n) for n in spec.files):
-            inputs = {}
-            for name, digest in spec.extra.items():
-                found = _find(root, name)
-                if found is None:
-                    raise PrepareError(f"MRPC: {name} not found under {root}; expected the MSR paraphrase train file "
-                                       "and GLUE's dev ids (or train.tsv and dev.tsv)")
-                _check(found, digest, say)
-                inputs[name] = found
-            _build_mrpc(inputs["msr_paraphrase_train.txt"], inputs["dev_ids.tsv"], out)
-            built = set(spec.files)
-        copied = 0
-        for name, digest in spec.files.items():
-            if name in built:
-                _check(out / name, digest, say)
-                continue
-            found = _find(root, name)
-            if found is None:
-                optional = ((name.startswith("test") and not spec.reader) or name in spec.optional
-                            or (source is not None and (key.startswith("squad") or spec.partial)))
-                if optional:  # SuperGLUE test files; a SQuAD or DART folder may hold some splits only
-                    say(f"note: {name} not found under {root}; skipped")
-                    continue
-                expected = ", ".join(spec.files) if len(spec.files) <= 8 else f"{len(spec.files)} files"
-                raise PrepareError(f"{name} not found under {root}; task {task!r} expects "
-                                   f"{expected}{f' in {spec.folder}/' if spec.folder else ''}")
-            _check(found, digest, say)
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            if found.resolve() != (out / name).resolve():
-                atomic_write(out / name, lambda tmp, found=found: shutil.copyfile(found, tmp))  # streamed
-            copied += 1
-        if spec.partial and not copied and not built:
-            raise PrepareError(f"none of {', '.join(spec.files)} found under {root}")
+        _copy_files(task, key, spec, root, out, source is not None, seen, say)
     if spec.reader:
         _check_readable(spec.reader, out, say)
+    _write_manifest(out, key, str(source) if source is not None else "download", seen)
     say(f"{task}: ready in {out} (pass --data {out})")
+    return out
+
+
+def _copy_files(task: str, key: str, spec: Source, root: Path, out: Path, local: bool, seen: dict[str, dict],
+                say) -> None:
+    """Check and copy (or, for MRPC, build) the task's files from ``root`` into ``out``; record each digest seen
+    in ``seen`` (name -> {"sha256", "pinned"})."""
+    built = set()
+    if spec.build == "mrpc" and not all(_find(root, n) for n in spec.files):
+        inputs = {}
+        for name, digest in spec.extra.items():
+            found = _find(root, name)
+            if found is None:
+                raise PrepareError(f"MRPC: {name} not found under {root}; expected the MSR paraphrase train file "
+                                   "and GLUE's dev ids (or train.tsv and dev.tsv)")
+            _check(found, digest, say)
+            inputs[name] = found
+        _build_mrpc(inputs["msr_paraphrase_train.txt"], inputs["dev_ids.tsv"], out)
+        built = set(spec.files)
+    copied = 0
+    for name, digest in spec.files.items():
+        if name in built:
+            seen[name] = {"sha256": _check(out / name, digest, say), "pinned": digest is not None}
+            continue
+        found = _find(root, name)
+        if found is None:
+            optional = ((name.startswith("test") and not spec.reader) or name in spec.optional
+                        or (local and (key.startswith("squad") or spec.partial)))
+            if optional:  # SuperGLUE test files; a SQuAD or DART folder may hold some splits only
+                say(f"note: {name} not found under {root}; skipped")
+                continue
+            expected = ", ".join(spec.files) if len(spec.files) <= 8 else f"{len(spec.files)} files"
+            raise PrepareError(f"{name} not found under {root}; task {task!r} expects "
+                               f"{expected}{f' in {spec.folder}/' if spec.folder else ''}")
+        seen[name] = {"sha256": _check(found, digest, say), "pinned": digest is not None}
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        if found.resolve() != (out / name).resolve():
+            atomic_write(out / name, lambda tmp, found=found: shutil.copyfile(found, tmp))  # streamed
+        copied += 1
+    if spec.partial and not copied and not built:
+        raise PrepareError(f"none of {', '.join(spec.files)} found under {root}")
+
+
+def _prepare_openwebtext(spec: Source, to: Path, out: Path, source: str | Path | None, say,
+                         holdout: float | None, max_train_docs: int | None) -> Path:
+    """OpenWebText: the shards (downloaded into ``to/openwebtext-shards``, kept, or ``source``: a folder or one
+    file) read by :mod:`lorakit.data.openwebtext` into ``out/{train,valid,test}.txt``. Its digests are not
+    pinned: each input's is printed and, with the written files', recorded in the manifest."""
+    from lorakit.data import openwebtext as owt
+
+    if source is None:
+        shards = to / "openwebtext-shards"
+        missing = {name: url for name, url in spec.urls.items() if not (shards / name).is_file()}
+        if missing:
+            _download(missing, shards, say)  # checks the host first: offline, nothing is created
+        say(f"openwebtext: the shards are kept in {shards} (--from {shards} reuses them)")
+        root = shards
+    else:
+        root = Path(source).expanduser()
+        if not root.exists():
+            raise PrepareError(f"--from {root}: no such file or folder")
+    seen: dict[str, dict] = {}
+
+    def check(path: Path) -> None:
+        say(f"openwebtext: reading {path}")
+        name = path.name if path == root else str(path.relative_to(root))
+        seen[name] = {"sha256": _check(path, None, say), "pinned": False}
+
+    try:
+        inputs = owt.find_inputs(root)
+        out.mkdir(parents=True, exist_ok=True)
+        written = owt.write_splits(inputs, out, owt.DEFAULT_HOLDOUT if holdout is None else holdout,
+                                   max_train_docs, on_input=check)
+    except owt.OpenWebTextError as err:
+        raise PrepareError(str(err)) from None
+    for split, info in written.items():
+        seen[f"{split}.txt"] = {"sha256": info["sha256"], "pinned": False, "documents": info["documents"]}
+        say(f"openwebtext {split}: {info['documents']:,} documents")
+    _write_manifest(out, "openwebtext", str(source) if source is not None else _OWT, seen)
+    say(f"openwebtext: ready in {out} (pass --data {out}; task text or mlm_text)")
     return out
 
 
@@ -448,10 +540,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="download (or take from --from) and check a task's files")
     p.add_argument("task", help=f"one of {', '.join(SOURCES)}")
     p.add_argument("--to", required=True, help="output folder (the task's subfolder is created in it)")
-    p.add_argument("--from", dest="source", help="an already-downloaded folder or zip (no network needed)")
+    p.add_argument("--from", dest="source", help="an already-downloaded folder or zip (no network needed); "
+                   "openwebtext: a folder of its tar shards, .xz archives or parquet files, or one such file")
+    p.add_argument("--holdout", type=float, default=None,
+                   help="openwebtext: the fraction of documents for valid and for test each (default 0.0005)")
+    p.add_argument("--max-train-docs", type=int, default=None,
+                   help="openwebtext: stop reading once train.txt has this many documents (default: all)")
     args = parser.parse_args(argv)
     try:
-        prepare(args.task, args.to, args.source)
+        prepare(args.task, args.to, args.source, holdout=args.holdout, max_train_docs=args.max_train_docs)
     except PrepareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -93,6 +93,28 @@ def test_masks_are_a_function_of_seed_and_step_so_resume_repeats_them(btok, vali
     assert all(torch.equal(a, b) for a, b in zip(other, again, strict=True))
 
 
+def test_processes_draw_different_masks_for_their_rows_and_together_those_of_one_process(btok, valid_text):
+    """Under DDP each process collates its own slice of the global batch: the mask key is the row of the global
+    batch (start_step's first_row = rank x rows per process), so rank 0 and rank 1 draw different masks for the
+    same items, and the two ranks together draw what one process draws for the whole batch."""
+    items = _encode(get_task("mlm_wikitext"), btok, valid_text, training=True)[:8]
+    task = get_task("mlm_wikitext", seed=5)
+    _encode(task, btok, valid_text[:2000], training=True)
+    task.start_step(3)
+    single = task.collate(items)  # one process, global batch of 8
+    task.start_step(3, first_row=0)
+    rank0 = task.collate(items[:4])
+    task.start_step(3, first_row=4)
+    rank1 = task.collate(items[4:])
+    for key in ("input_ids", "labels"):
+        assert torch.equal(torch.cat([rank0[key], rank1[key]]), single[key])
+    task.start_step(3, first_row=4)  # rank 1 given rank 0's items: other masks (the bug was equal ones)
+    same_items_rank1 = task.collate(items[:4])
+    assert not torch.equal(same_items_rank1["labels"], rank0["labels"])
+    task.start_step(3, first_row=4)  # and the same rank at the same step again: the same masks (resume)
+    assert torch.equal(task.collate(items[:4])["labels"], same_items_rank1["labels"])
+
+
 def _tiny_mlm(vocab_size=30522):
     from transformers import BertConfig, BertForMaskedLM
 
@@ -174,6 +196,50 @@ def test_mlm_run_end_to_end_reports_masked_token_metrics(tmp_path, kit):
     metrics = results["final"]
     assert {"bpc", "ppl", "word_ppl"} <= set(metrics) and 0 < metrics["bpc"] < 30
     assert results["task"] == "mlm_wikitext" and results["steps"] == 4
+
+
+def test_mlm_adapter_loads_back_with_peft_on_the_masked_lm_with_equal_outputs(tmp_path, kit):
+    """A masked-LM LoRA run of the real (headless) MiniLM: its adapter_config.json has no CAUSAL_LM task_type
+    (PeftModelForCausalLM cannot wrap BertForMaskedLM), and PeftModel.from_pretrained on
+    AutoModelForMaskedLM gives the run's own logits, the new head's transform coming from modules_to_save."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    from lorakit.train.config import validate
+    from lorakit.train.finished_run import load_run
+
+    raw = kit.tiny_raw_config(WIKITEXT, task={"name": "mlm_wikitext"},
+                              data={"max_length": 32, "max_train_examples": 8, "max_eval_examples": 2,
+                                    "train_split": "valid", "eval_split": "test"},
+                              training={"max_steps": 2, "checkpoint_every": 2, "keep_last": 1, "batch_size": 4},
+                              evaluation={"every": 100, "average_last": 1, "batch_size": 4, "metric": "bpc",
+                                          "baseline": False})
+    raw["model"] = {"name_or_path": str(minilm_folder())}
+    cfg = validate(raw)
+    kit.run(cfg, tmp_path / "run")
+    adapter = tmp_path / "run" / "adapter"
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert saved["task_type"] is None  # PEFT has no masked-LM type; see build.PEFT_TASK_TYPES
+    assert saved["modules_to_save"] == ["cls.predictions.transform.LayerNorm", "cls.predictions.transform.dense"]
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in load_file(adapter / "adapter_model.safetensors").items())
+
+    ours = load_run(cfg, tmp_path / "run", None, None, None, with_data=False).model.eval()
+    torch.manual_seed(99)  # PEFT's base draws its own random transform: modules_to_save must replace it
+    peft_model = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained(str(minilm_folder())),
+                                           str(adapter)).eval()
+    assert type(peft_model) is PeftModel
+    ids = minilm_tokenizer()(["the cat sat on the [MASK] .", "lorakit trains a masked [MASK] model"],
+                             padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = ours(**ids).logits
+        got = peft_model(**ids).logits
+        with peft_model.disable_adapter():
+            base = peft_model(**ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert (base - expected).abs().max() > 1e-2  # the adapter matters
 
 
 def test_mlm_on_a_tokenizer_without_a_mask_token_is_refused_by_name(valid_text):

@@ -94,6 +94,14 @@ def build_model(model_cfg: Section, num_labels: int, kind: str = "classifier") -
 
 MODEL_KINDS = ("classifier", "causal_lm", "masked_lm")
 
+# The PEFT task_type written to adapter_config.json for each model kind: PeftModel.from_pretrained picks its
+# PeftModel subclass by it. PEFT has no masked-LM type. CAUSAL_LM would break loading (PeftModelForCausalLM
+# reads the base's prepare_inputs_for_generation, which BertForMaskedLM lacks: AttributeError).
+# FEATURE_EXTRACTION would load, but it names an embedding model (hidden states out), not MLM logits. None,
+# PEFT's default, gives the plain PeftModel, which passes every argument to the base model unchanged: an
+# AutoModelForMaskedLM wrapped by it computes what the run trained.
+PEFT_TASK_TYPES: dict[str, str | None] = {"classifier": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "masked_lm": None}
+
 
 def build_configured_model(cfg: Section, task: Any = None, with_method: bool = True) -> nn.Module:
     """The model of an experiment config (its task's kind), with the fine-tuning method applied unless
@@ -235,7 +243,7 @@ def apply_configured_method(model: nn.Module, cfg: Section) -> None:
             r=m.r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=m.target_modules,
             exclude_modules=m.exclude_modules or None, bias=m.bias, modules_to_save=saved or None,
             fan_in_fan_out=m.fan_in_fan_out, enable_lora=dict(m.enable_lora),
-            task_type="SEQ_CLS" if isinstance(model, SequenceClassifier) else "CAUSAL_LM",
+            task_type=PEFT_TASK_TYPES[task_from_config(cfg).model_kind],
             base_model_name_or_path=cfg.model.name_or_path,
         )
         inject(model, lcfg)
@@ -258,25 +266,83 @@ def _apply_pruning(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> Non
 
 
 def distilling_task(task: Any, cfg: Section, say: Callable[[str], None] = print) -> Any:
-    """``distill``: ``task`` with its training loss against the teacher run ``method.teacher`` (checked against
-    the task's label space before anything is loaded)."""
-    from lorakit.distill import DistillError, DistillingTask, check_label_space
+    """``distill``: ``task`` with its training loss against the teacher ``method.teacher``: a finished run's
+    workdir (a folder with ``checkpoints/``), else a pretrained model path or name whose head fits the task.
+    Label space, model kind and vocabulary are checked before the teacher's weights load."""
+    from lorakit.distill import DistillError
+
+    teacher_dir = Path(cfg.method.teacher).expanduser()
+    try:
+        if (teacher_dir / "checkpoints").is_dir():
+            teacher = _teacher_run(task, teacher_dir)
+        else:
+            teacher = _teacher_model(task, cfg, say)
+        say(f"distill: teacher {cfg.method.teacher} ({sum(p.numel() for p in teacher.parameters()):,} parameters), "
+            f"T={cfg.method.temperature:g}, alpha={cfg.method.distill_alpha:g}")
+        return _distilling(task, teacher, cfg)
+    except DistillError as err:
+        raise TrainingError(str(err)) from None
+
+
+def _teacher_run(task: Any, teacher_dir: Path) -> nn.Module:
+    """The model of the finished run in ``teacher_dir``, after checks that it learned a task of this kind and
+    label space."""
+    from lorakit.distill import DistillError, check_label_space
     from lorakit.train.config import ConfigError, load_config
     from lorakit.train.finished_run import load_run
 
-    teacher_dir = Path(cfg.method.teacher)
     try:
         tcfg = load_config(teacher_dir / "config.json")
     except (OSError, ConfigError) as err:
         raise TrainingError(f"method.teacher: {teacher_dir} is not a finished lorakit run ({err})") from None
+    teacher_task = task_from_config(tcfg)
+    if teacher_task.model_kind != task.model_kind:
+        raise DistillError(f"distill: the teacher run {teacher_dir} trained a {teacher_task.model_kind} "
+                           f"({teacher_task.name}) but task {task.name!r} needs a {task.model_kind}; use a run "
+                           "of this task")
+    check_label_space(teacher_task.num_labels, task.num_labels, str(teacher_dir), task.name)
+    return load_run(tcfg, teacher_dir, None, None, None, with_data=False).model
+
+
+def _teacher_model(task: Any, cfg: Section, say: Callable[[str], None]) -> nn.Module:
+    """A pretrained model as the teacher (:func:`lorakit.distill.load_model_teacher`); its tokenizer, when it
+    has one, must be the student's."""
+    from transformers import AutoTokenizer
+
+    from lorakit.distill import check_vocabulary, load_model_teacher
+    from lorakit.pretrained import ModelLoadError
+
+    source = cfg.method.teacher
+    labels = getattr(getattr(task, "spec", None), "labels", None)
     try:
-        check_label_space(task_from_config(tcfg).num_labels, task.num_labels, str(teacher_dir), task.name)
-        teacher = load_run(tcfg, teacher_dir, None, None, None, with_data=False).model
-        say(f"distill: teacher {teacher_dir} ({sum(p.numel() for p in teacher.parameters()):,} parameters), "
-            f"T={cfg.method.temperature:g}, alpha={cfg.method.distill_alpha:g}")
-        return DistillingTask(task, teacher, cfg.method.temperature, cfg.method.distill_alpha)
-    except DistillError as err:
-        raise TrainingError(str(err)) from None
+        teacher_tokenizer = from_pretrained(AutoTokenizer.from_pretrained, source, "teacher tokenizer")
+    except ModelLoadError:
+        teacher_tokenizer = None
+    try:
+        if teacher_tokenizer is not None:
+            check_vocabulary(teacher_tokenizer, load_tokenizer(cfg.model), source)
+        else:
+            say(f"note: distill: the teacher {source} has no tokenizer; assumed to share the student's vocabulary")
+        return load_model_teacher(source, task.model_kind, task.name, task.num_labels, labels, say)
+    except ModelLoadError as err:
+        raise TrainingError(f"method.teacher: {source} is neither a finished lorakit run (no checkpoints/ folder) "
+                            f"nor a loadable model: {err}") from None
+
+
+def _distilling(task: Any, teacher: nn.Module, cfg: Section) -> Any:
+    """The task wrapper of its kind: classifier logits, or token logits of a causal / masked LM."""
+    from lorakit.data.packing import forward_inputs
+    from lorakit.distill import DistillingTask, TokenDistillingTask
+
+    m = cfg.method
+    if task.model_kind == "causal_lm":
+        def causal_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+            out = model(**forward_inputs(batch))  # padded or packed rows
+            return out.logits if hasattr(out, "logits") else out  # (batch, seq, vocab)
+        return TokenDistillingTask(task, teacher, m.temperature, m.distill_alpha, causal_logits, shift=1)
+    if task.model_kind == "masked_lm":
+        return TokenDistillingTask(task, teacher, m.temperature, m.distill_alpha, task._logits, shift=0)
+    return DistillingTask(task, teacher, m.temperature, m.distill_alpha)
 
 
 def _apply_baseline(model: nn.Module, cfg: Section, head: tuple[str, ...]) -> None:

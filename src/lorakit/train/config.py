@@ -227,7 +227,8 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
         if name == "prefix_embed" and _is_int(lp) and _is_int(li) and lp + li < 1:
             problems.append(("$.method.prefix_length", "prefix_embed needs prefix_length + infix_length >= 1"))
         if name == "distill" and not isinstance(meth.get("teacher"), str):
-            problems.append(("$.method.teacher", "distill needs a teacher: the workdir of a finished run of this task"))
+            problems.append(("$.method.teacher", "distill needs a teacher: the workdir of a finished run of this task "
+                                                 "or a model path with a head for it"))
     d = cfg.get("data")
     if isinstance(d, dict) and isinstance(d.get("random_length"), list):
         lo, hi = d["random_length"]

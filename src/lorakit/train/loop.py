@@ -208,8 +208,9 @@ def fit(run: Run) -> float:
         step = state.step
         indices = _batch_indices(step, len(run.train_set), cfg.training.batch_size, cfg.training.seed, epoch_cache)
         length = _random_length(cfg, step)
-        task.start_step(step)  # collate's random choices (MLM masks) follow (seed, step)
-        mine = indices[dinfo.rank * run.micro * accum:(dinfo.rank + 1) * run.micro * accum]  # this process's part
+        first = dinfo.rank * run.micro * accum  # this process's part of the global batch starts here
+        task.start_step(step, first)  # collate's random choices (MLM masks) follow (seed, step, global row)
+        mine = indices[first:first + run.micro * accum]
         step_loss, tokens = _forward_backward(model, task, [run.train_set[i] for i in mine], run.micro, length,
                                               run.scaler, run.amp_dtype, dinfo, cfg.data)
         if not math.isfinite(step_loss):

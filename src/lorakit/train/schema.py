@@ -90,7 +90,7 @@ SCHEMA: dict[str, Field] = {
         "baselines: 'ft_top2' (last two blocks + head), 'bitfit' (biases + head), 'adapter_houlsby', "
         "'adapter_pfeiffer', 'prefix_embed', 'prefix_layer' (see lorakit.methods; LoRA + BitFit is 'lora' "
         "with bias 'all'), 'prune' (magnitude pruning of the encoder's linear weights, then fine-tuning), "
-        "'distill' (a student with fewer blocks learns from the labels and from a teacher run)",
+        "'distill' (a student with fewer blocks learns from the labels and from a teacher: a run or a model)",
         name=Field("str", "lora", choices=("lora", *(m for m in METHODS if m != "lora")),
                    help="the fine-tuning method; the baselines are described in docs/experiments.md, "
                         "section 'Baselines of the LoRA paper'"),
@@ -131,7 +131,9 @@ SCHEMA: dict[str, Field] = {
                         help="prune, gradual: the fraction of the training steps after which the target "
                              "sparsity is reached"),
         teacher=Field("str", None, nullable=True,
-                      help="distill: the teacher, a finished run's workdir (its latest checkpoint) of the same task"),
+                      help="distill: the teacher: a finished run's workdir (its latest checkpoint) of the same "
+                           "task, or a pretrained model path or name whose head fits the task (a *ForSequence"
+                           "Classification with the task's labels, a *ForCausalLM / *ForMaskedLM for LM tasks)"),
         student_layers=Field("int", None, nullable=True, min=1,
                              help="distill: the student keeps the first N transformer blocks of model.name_or_path "
                                   "(null: all of them)"),

@@ -88,10 +88,12 @@ class Task(ABC):
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
         """The dev metrics of ``predictions`` against the items' ``label`` values."""
 
-    def start_step(self, step: int) -> None:
+    def start_step(self, step: int, first_row: int = 0) -> None:
         """Called by the training loop before the collates of optimizer step ``step`` (0-based), so that random
-        choices made in ``collate`` (masked-LM masks) are a function of (seed, step) and a resumed run repeats
-        them exactly. Default: nothing."""
+        choices made in ``collate`` (masked-LM masks) are a function of (seed, step, row of the global batch) and
+        a resumed run repeats them exactly. ``first_row``: the global-batch row of this process's first item
+        (``rank * per-process rows`` under DDP/FSDP), so that processes draw different choices for their
+        different rows. Default: nothing."""
         return None
 
     def check_model(self, model: nn.Module) -> None:

@@ -8,8 +8,10 @@ Masking (BERT / RoBERTa): each non-special token is chosen with probability ``ma
 none chosen gets one. In training a chosen token becomes the mask token (80%), a random vocabulary token
 (10%) or stays (10%); in evaluation every chosen token becomes the mask token (a fixed, comparable test).
 Only chosen tokens are targets. The random numbers of one row come from a generator seeded by
-``(seed, step, row of the step)`` in training (the loop's :meth:`Task.start_step`), ``(seed, block index)``
-in evaluation: never from the global RNG, so a resumed run draws the same masks and every evaluation the same.
+``(seed, step, row of the step's global batch)`` in training (the loop's :meth:`Task.start_step`; under DDP a
+process's rows start at ``rank * rows per process``, so processes draw different masks, the ones a single
+process would draw), ``(seed, block index)`` in evaluation: never from the global RNG, so a resumed run draws
+the same masks, a run on 2 processes the same as on 1, and every evaluation the same.
 ``data.random_length`` cuts training blocks as for causal LMs, keeping the closing special token (one: BERT's
 ``[SEP]``, RoBERTa's ``</s>``).
 
@@ -86,9 +88,13 @@ class MLMTask(LMTask):
         self.mask_id, self.vocab_size = 0, 1
         self._step, self._row = 0, 0
 
-    def start_step(self, step: int) -> None:
-        """The next training collates belong to optimizer step ``step``: rows are numbered from 0 again."""
-        self._step, self._row = int(step), 0
+    def start_step(self, step: int, first_row: int = 0) -> None:
+        """The next training collates belong to optimizer step ``step``; their rows are numbered from
+        ``first_row``, this process's first row in the step's global batch (``rank * rows per process``). The
+        mask key is the global row, not the process's own row number: under DDP each process draws the masks
+        of its own rows (the same ones one process would draw for the whole global batch), and a resumed run
+        draws the same again."""
+        self._step, self._row = int(step), int(first_row)
 
     def encode(self, examples: Sequence[Any], tokenizer: Any, cfg: Any, training: bool = False) -> list[dict]:
         """Blocks of the split (see the module docstring). Item: ``{"input_ids": (len,) int64, "n_special":
