@@ -294,3 +294,41 @@ def test_label_outside_the_model_vocabulary_is_refused(tiny_gpt2):
     labels[0, 4] = 100  # vocabulary is 100
     with pytest.raises(LossInputError, match="100"):
         lorakit.causal_lm_loss(tiny_gpt2, ids, labels)
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo process group of one process, so that a model can be wrapped in DistributedDataParallel."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama-tied", "gemma2"])
+def test_causal_lm_loss_runs_through_ddp_without_the_full_logits(family, one_process_group):
+    model = _family_model(family)
+    lorakit.inject(model, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    randomize_lora(model)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    ids, mask, labels = _batch()
+    want = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    want_grads = torch.autograd.grad(want, params)
+    for p in model.parameters():
+        p.requires_grad_(any(p is q for q in params))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    head_outputs = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, out: head_outputs.append(out.shape))
+    got = lorakit.causal_lm_loss(ddp, ids, labels, attention_mask=mask, chunk_size=5)
+    hook.remove()
+    got.backward()  # through DDP's reducer: the gradients land in .grad, all-reduced over the one process
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for p, w in zip(params, want_grads, strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-5)
+    assert head_outputs == [torch.Size([2, 1, 100])]  # DDP's forward ran, with the logits of one position only
+
+
+def test_causal_lm_loss_refuses_data_parallel_naming_the_fix(tiny_llama):
+    with pytest.raises(LossInputError, match="DistributedDataParallel"):
+        lorakit.causal_lm_loss(torch.nn.DataParallel(tiny_llama), *_batch()[:1])

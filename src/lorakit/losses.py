@@ -24,6 +24,7 @@ gradient of the one-big-batch mean.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,11 +329,22 @@ def _hf_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
 
 
+def _ddp_inner(model: nn.Module) -> nn.Module | None:
+    """The model inside a ``DistributedDataParallel`` wrapper, else None."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else None
+
+
 def fused_loss_unsupported_reason(model: nn.Module) -> str | None:
     """Why :func:`causal_lm_loss` cannot run ``model`` (a sentence), or None when it can."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return (f"{type(model).__name__} wraps the model: its forward must run for gradient synchronisation; "
-                "compute the loss from model(...).logits instead")
+    if isinstance(model, nn.DataParallel):
+        return "DataParallel wraps the model: use DistributedDataParallel (one process per device), or no wrapper"
+    inner = _ddp_inner(model)
+    if inner is not None:
+        reason = fused_loss_unsupported_reason(inner)
+        if reason is None and "logits_to_keep" not in inspect.signature(_hf_model(inner).forward).parameters:
+            reason = (f"{type(_hf_model(inner)).__name__}.forward takes no logits_to_keep argument, which the loss "
+                      "needs to run the forward through DistributedDataParallel without the full logits")
+        return reason
     try:  # FSDP2 gathers the root's sharded parameters (embedding, head) in the root's forward only
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover - torch builds without distributed
@@ -386,7 +398,9 @@ def causal_lm_loss(model: nn.Module, input_ids: Tensor, labels: Tensor | None = 
     logit transform (Gemma 2/3 soft-capping, Cohere's scale). input_ids, labels, attention_mask,
     position_ids: ``(batch, seq)``; labels default to ``input_ids`` and are shifted as Hugging Face
     shifts them (``ignore_index`` marks positions without a loss). ``model``: a plain, lorakit-injected or
-    PEFT-wrapped model of a type in :data:`SUPPORTED_MODEL_TYPES` (tied or untied head; a LoRA,
+    PEFT-wrapped model of a type in :data:`SUPPORTED_MODEL_TYPES`, or such a model inside
+    ``DistributedDataParallel`` (its forward then runs, for the gradient all-reduce, with ``logits_to_keep=1``:
+    one position's logits instead of all) (tied or untied head; a LoRA,
     DoRA or ``modules_to_save`` head without active dropout). ``reduction="sum"`` with
     :func:`count_label_tokens` gives the pieces for normalising over a global batch. Raises
     :class:`LossInputError` naming the model's class for anything else.
@@ -394,11 +408,16 @@ def causal_lm_loss(model: nn.Module, input_ids: Tensor, labels: Tensor | None = 
     reason = fused_loss_unsupported_reason(model)
     if reason is not None:
         raise LossInputError(f"causal_lm_loss: {reason}")
-    hf = _hf_model(model)
-    backbone = getattr(hf, hf.base_model_prefix)
-    outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False)
-    hidden = outputs.last_hidden_state  # (batch, seq, hidden)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+              "use_cache": False}
+    if _ddp_inner(model) is not None:
+        # DDP's forward must run (it prepares the gradient all-reduce): through it, ask the model for the logits
+        # of one position only and for the hidden states, whose last entry is the backbone's (normed) output
+        hf = _hf_model(_ddp_inner(model))
+        hidden = model(**inputs, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+    else:
+        hf = _hf_model(model)
+        hidden = getattr(hf, hf.base_model_prefix)(**inputs).last_hidden_state  # (batch, seq, hidden)
     weight, bias = _head_weight_and_bias(hf.get_output_embeddings(), hidden.shape[-1], hidden.device)
     return linear_cross_entropy(hidden, weight, input_ids if labels is None else labels, bias=bias,
                                 ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
