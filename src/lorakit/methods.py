@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import quant
 from .errors import LorakitError
 from .hf_compat import cache_argument, cache_in, pop_cache
 from .layers import is_lora_param_name
@@ -509,13 +510,17 @@ def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) 
     """Exact counts: ``total``, ``trainable`` (what the optimizer updates), ``percent``, ``head`` (trainable
     head parameters), ``trainable_excluding_head`` (the LoRA paper's |Theta|), ``after_training``:
     trainable parameters excluding the head once PreLayer's reparameterisation MLP is dropped, and
-    ``inserted``: parameters the method added to the pretrained model (LoRA factors, adapters, prefixes)."""
-    total = sum(p.numel() for p in model.parameters())
-    inserted = sum(p.numel() for n, p in model.named_parameters() if is_lora_param_name(n))
+    ``inserted``: parameters the method added to the pretrained model (LoRA factors, adapters, prefixes).
+    A 4-bit base layer counts its weights, not its packed bytes (:func:`lorakit.quant.logical_numels`);
+    ``stored_bytes``: the memory of all parameters and buffers as stored (:func:`lorakit.quant.stored_bytes`)."""
+    numel = quant.logical_numels(model)
+    named = dict(model.named_parameters())
+    total = sum(numel.values())
+    inserted = sum(p.numel() for n, p in named.items() if is_lora_param_name(n))
     for _, module in method_modules(model):
         inserted += sum(p.numel() for n, p in module.named_parameters() if not n.startswith("base_layer."))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    head_n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and in_modules(n, head))
+    trainable = sum(numel[n] for n, p in named.items() if p.requires_grad)
+    head_n = sum(numel[n] for n, p in named.items() if p.requires_grad and in_modules(n, head))
     dropped = 0
     for _, module in method_modules(model):
         if isinstance(module, PrefixAttention) and module.prefix_mlp is not None and module.prefix_input.requires_grad:
@@ -523,4 +528,4 @@ def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) 
             dropped += reparam - 2 * module.length * module.width
     return {"total": total, "trainable": trainable, "percent": 100.0 * trainable / max(total, 1), "head": head_n,
             "trainable_excluding_head": trainable - head_n, "after_training": trainable - head_n - dropped,
-            "inserted": inserted}
+            "inserted": inserted, "stored_bytes": quant.stored_bytes(model)}
