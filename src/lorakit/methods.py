@@ -17,7 +17,10 @@ Methods (``apply_method(model, MethodConfig(name=...))``):
 Inserted modules are wrappers that keep the original module as ``<name>.base_layer`` (as LoRA's do).
 Which wrapper a module gets is decided by one table, :data:`SITE_WRAPPERS`: ``{site: {module type:
 factory}}``, looked up along the module's MRO; a factory returns ``(child name, wrapper)`` with
-``""`` meaning the module itself. No model code is edited.
+``""`` meaning the module itself. No model code is edited. The table names transformers' model classes, so it
+is built on first use (``site_wrappers()``, or reading ``lorakit.methods.SITE_WRAPPERS``), not when lorakit is
+imported: importing those modeling files takes seconds and pulls in every quantization backend transformers
+knows.
 
 Parameter counts with ``d`` = hidden size, ``L`` = blocks, ``m`` = adapter bottleneck, ``l`` = prefix
 length (the LoRA paper's Section 5.1 arithmetic; the task head excluded):
@@ -29,6 +32,7 @@ length (the LoRA paper's Section 5.1 arithmetic; the task head excluded):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,7 +47,8 @@ from .lora.config import in_modules
 from .lora.manage import lora_modules, set_module
 
 __all__ = [
-    "METHODS", "MethodConfig", "MethodError", "apply_method", "SITE_WRAPPERS", "BottleneckAdapter",
+    "SITE_WRAPPERS",  # noqa: F822 - a module attribute built on first use (__getattr__ below)
+    "METHODS", "MethodConfig", "MethodError", "apply_method", "site_wrappers", "BottleneckAdapter",
     "PrefixAttention", "PrefixEmbedding", "drop_reparameterization", "count_parameters",
     "method_modules",
 ]
@@ -390,17 +395,23 @@ def _build_table() -> dict[str, dict[type, Callable]]:
     return table
 
 
-#: The one dispatch table: ``{site: {module type: factory(module, cfg) -> (child name, wrapper)}}``.
-SITE_WRAPPERS: dict[str, dict[type, Callable]] = _build_table()
+@functools.cache
+def site_wrappers() -> dict[str, dict[type, Callable]]:
+    """The one dispatch table, ``SITE_WRAPPERS``: ``{site: {module type: factory(module, cfg) -> (child name,
+    wrapper)}}``, built on the first call (it imports transformers' modeling files) and the same dict after, so
+    an entry added to it stays."""
+    return _build_table()
 
 
 def __getattr__(name: str) -> Any:
+    if name == "SITE_WRAPPERS":  # module attribute built on first use (PEP 562): see site_wrappers
+        return site_wrappers()
     if name == "WRAPPERS":  # the old name, which clashed with LoRA's lorakit.lora.WRAPPERS
         import warnings
 
         warnings.warn("lorakit.methods.WRAPPERS is deprecated and will be removed in the next release; use "
                       "lorakit.methods.SITE_WRAPPERS", DeprecationWarning, stacklevel=2)
-        return SITE_WRAPPERS
+        return site_wrappers()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Which sites each inserting method wraps.
@@ -415,8 +426,8 @@ METHOD_MODULES = (BottleneckAdapter, PrefixAttention, PrefixEmbedding)
 
 def _factory(site: str, module: nn.Module) -> Callable | None:
     for cls in type(module).__mro__:
-        if cls in SITE_WRAPPERS[site]:
-            return SITE_WRAPPERS[site][cls]
+        if cls in site_wrappers()[site]:
+            return site_wrappers()[site][cls]
     return None
 
 
@@ -457,7 +468,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         if site == "base_model":
             found = found[:1]  # the outermost base model
         if not found:
-            needs = sorted({t.__name__ for t in SITE_WRAPPERS[site]})
+            needs = sorted({t.__name__ for t in site_wrappers()[site]})
             seen = sorted({type(m).__name__ for _, m in model.named_modules()
                            if "Attention" in type(m).__name__ or type(m).__name__.endswith(("Output", "MLP", "Model"))})
             raise MethodError(f"method {cfg.name!r} does not apply to {type(model).__name__}: it needs a "
