@@ -354,6 +354,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="folder for gpu_llm_check.md and .json (default $OUT, else runs/gpu_llm_check)")
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="start no variant after this many seconds; each variant gets at most what is left")
+    ap.add_argument("--variant-timeout-s", type=float, default=150.0,
+                    help="a variant still running after this many seconds is killed and reported as such")
     ap.add_argument("--worker", choices=list(BY_NAME), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = r = {"variant": name, "skipped": reason}
         else:
             log(f"variant {name} ...")
-            results[name] = r = run_variant(name, _worker_argv(args), left)
+            results[name] = r = run_variant(name, _worker_argv(args), min(left, args.variant_timeout_s))
         log(f"  {name}: " + (r["skipped"] if "skipped" in r else
                              f"{r['tokens_per_s']:,.0f} tokens/s, {common.format_bytes(r['peak_bytes'])}, steps "
                              f"{[round(t, 3) for t in r['times']]} s, build+warm-up {r['build_and_warmup_s']:.0f} s"))

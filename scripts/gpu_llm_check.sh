@@ -13,8 +13,10 @@
 # memory. Files: $OUT (else runs/gpu_llm_check)/gpu_llm_check.{md,json,log}, nvidia-smi.txt.
 #
 # Usage (from anywhere): scripts/gpu_llm_check.sh [more bench.gpu_llm_check arguments, e.g. --variants peft ...]
-# Time: under 8 minutes on one H100: the Python side starts no variant after 420 s (--budget-s) and gives each at
-# most what is left; the whole command is killed at 470 s.
+# Time: under 8 minutes on one H100: the Python side starts no variant after 420 s (--budget-s), kills a variant
+# after 150 s (--variant-timeout-s) or when the budget is spent, and the whole command is killed at 470 s. The
+# estimate (not measured): 7 subprocesses of ~10-20 s import + build + 7 steps of well under a second each, and
+# Cut Cross-Entropy's Triton compilation on first use.
 # Installs nothing, with one exception: if .venv/bin/python is missing (and PYTHON is not set) it creates the venv
 # with `make .venv/.installed TORCH_INDEX=$TORCH_INDEX` (default --index-url=https://download.pytorch.org/whl/cu126;
 # needs the internet). PYTHON=/path/to/python uses another interpreter. The Liger and Cut Cross-Entropy rows are
