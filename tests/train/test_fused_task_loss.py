@@ -128,12 +128,17 @@ def test_fused_loss_true_on_a_model_it_cannot_run_stops_before_training(tmp_path
     ({"fused_loss": False, "loss_chunk_size": 64}, "e2e", "loss_chunk_size", "set one of them only"),
     ({"fused_loss": True}, "quickstart", "fused_loss", "task 'quickstart' is not one"),
     ({"loss_chunk_size": 64}, "rte", "loss_chunk_size", "task 'rte' is not one"),
+    ({"fused_loss": True}, "e2e+distill", "fused_loss", "method 'distill'"),
 ])
 def test_bad_fused_loss_settings_are_refused_with_the_key(training, task, key, says):
     from lorakit.train.config import ConfigError, validate
 
+    task, _, method = task.partition("+")
+    raw = {"model": {"name_or_path": "x"}, "task": {"name": task}, "training": training}
+    if method:
+        raw["method"] = {"name": method, "teacher": "gpt2"}
     with pytest.raises(ConfigError) as err:
-        validate({"model": {"name_or_path": "x"}, "task": {"name": task}, "training": training})
+        validate(raw)
     assert f"$.training.{key}:" in str(err.value) and says in str(err.value), str(err.value)
 
 

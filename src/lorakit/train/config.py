@@ -294,6 +294,11 @@ def _fused_loss_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
         if chunk is not None:
             problems.append(("$.training.loss_chunk_size", f"chunks the fused loss of the causal-LM tasks ({causal}); "
                                                            f"task {name!r} is not one: set it to null"))
+    meth = cfg.get("method")
+    if isinstance(meth, dict) and meth.get("name") == "distill" and (fused is True or chunk is not None):
+        key = "fused_loss" if fused is True else "loss_chunk_size"
+        problems.append((f"$.training.{key}", "method 'distill' computes the student's full logits for the KL term "
+                                              "against the teacher, so the fused loss does not apply: remove it"))
     if fused is False and chunk is not None:
         problems.append(("$.training.loss_chunk_size", "chunks the fused loss, which training.fused_loss false "
                                                        "turns off: set one of them only"))
