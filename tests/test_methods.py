@@ -316,3 +316,26 @@ def test_method_errors_are_lorakit_errors_and_value_errors():
     with pytest.raises(lorakit.MethodError, match="unknown method") as caught:
         lorakit.MethodConfig(name="lora_plus")
     assert isinstance(caught.value, lorakit.LorakitError) and isinstance(caught.value, ValueError)
+
+
+def test_import_lorakit_builds_the_site_table_only_on_first_use():
+    """``import lorakit`` must not import transformers' modeling files (seconds, and every quantization backend
+    transformers knows, torchao's warnings included); the table is the same once used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lorakit\n"
+        "heavy = [m for m in ('transformers.modeling_utils', 'transformers.models.bert.modeling_bert', 'torchao')"
+        " if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from lorakit import methods\n"
+        "from lorakit.methods import SITE_WRAPPERS\n"
+        "from transformers.models.bert.modeling_bert import BertOutput\n"
+        "from transformers.models.gpt2.modeling_gpt2 import GPT2Attention\n"
+        "assert SITE_WRAPPERS is methods.SITE_WRAPPERS is methods.site_wrappers()\n"
+        "assert BertOutput in SITE_WRAPPERS['ffn_output'] and GPT2Attention in SITE_WRAPPERS['self_attention']\n"
+        "assert 'SITE_WRAPPERS' in methods.__all__\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -165,3 +165,34 @@ def test_dora_and_pissa_on_a_4bit_base_are_refused_and_change_nothing(tiny_llama
         lorakit.inject(tiny_llama, lorakit.LoraConfig(r=2, target_modules=["q_proj"], **option))
     assert [type(m) for m in tiny_llama.modules()] == kinds
     assert all(torch.equal(v, before[k]) for k, v in tiny_llama.state_dict().items())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parameter_counts_of_a_4bit_base_are_those_of_the_dense_model(tiny_llama, backend):
+    from lorakit.train.build import parameter_counts
+
+    config = lorakit.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    dense = copy.deepcopy(tiny_llama)
+    lorakit.inject(dense, config)
+    quantized = quant.quantize(tiny_llama, backend=backend)
+    lorakit.inject(quantized, config)
+    layers = [m for m in quantized.modules() if isinstance(m, quant.Linear4bit)]
+    assert layers
+    # what numel() sees is the packed bytes (+ block scales; torchao pads to whole blocks): not the weights
+    assert sum(p.numel() for p in quantized.parameters()) != sum(p.numel() for p in dense.parameters())
+    numels = quant.logical_numels(quantized)
+    assert all(numels[n] == 0 for n in numels if n.endswith("weight_absmax"))
+
+    for count in (lorakit.count_parameters, lorakit.trainable_parameters, parameter_counts):
+        got, want = count(quantized), count(dense)
+        assert got.pop("stored_bytes") == quant.stored_bytes(quantized) and want.pop("stored_bytes")
+        assert got == want, count.__name__
+    assert lorakit.count_parameters(quantized)["total"] == sum(p.numel() for p in dense.parameters())
+
+    # memory: the dense fp32 weights of the quantized layers are replaced by their stored 4-bit state (at this
+    # tiny size torchao's padding to whole blocks of 16,384 weights makes it the larger)
+    dense_weights = sum(m.in_features * m.out_features * 4 for m in layers)
+    stored, _bf16 = quant.quantized_bytes(quantized)
+    assert quant.stored_bytes(quantized) == quant.stored_bytes(dense) - dense_weights + stored
+    text = lorakit.print_trainable_parameters(quantized)
+    assert f"all params: {sum(p.numel() for p in dense.parameters()):,}" in text

@@ -17,7 +17,10 @@ Methods (``apply_method(model, MethodConfig(name=...))``):
 Inserted modules are wrappers that keep the original module as ``<name>.base_layer`` (as LoRA's do).
 Which wrapper a module gets is decided by one table, :data:`SITE_WRAPPERS`: ``{site: {module type:
 factory}}``, looked up along the module's MRO; a factory returns ``(child name, wrapper)`` with
-``""`` meaning the module itself. No model code is edited.
+``""`` meaning the module itself. No model code is edited. The table names transformers' model classes, so it
+is built on first use (``site_wrappers()``, or reading ``lorakit.methods.SITE_WRAPPERS``), not when lorakit is
+imported: importing those modeling files takes seconds and pulls in every quantization backend transformers
+knows.
 
 Parameter counts with ``d`` = hidden size, ``L`` = blocks, ``m`` = adapter bottleneck, ``l`` = prefix
 length (the LoRA paper's Section 5.1 arithmetic; the task head excluded):
@@ -29,12 +32,14 @@ length (the LoRA paper's Section 5.1 arithmetic; the task head excluded):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from . import quant
 from .errors import LorakitError
 from .hf_compat import cache_argument, cache_in, pop_cache
 from .layers import is_lora_param_name
@@ -42,7 +47,8 @@ from .lora.config import in_modules
 from .lora.manage import lora_modules, set_module
 
 __all__ = [
-    "METHODS", "MethodConfig", "MethodError", "apply_method", "SITE_WRAPPERS", "BottleneckAdapter",
+    "SITE_WRAPPERS",  # noqa: F822 - a module attribute built on first use (__getattr__ below)
+    "METHODS", "MethodConfig", "MethodError", "apply_method", "site_wrappers", "BottleneckAdapter",
     "PrefixAttention", "PrefixEmbedding", "drop_reparameterization", "count_parameters",
     "method_modules",
 ]
@@ -389,17 +395,23 @@ def _build_table() -> dict[str, dict[type, Callable]]:
     return table
 
 
-#: The one dispatch table: ``{site: {module type: factory(module, cfg) -> (child name, wrapper)}}``.
-SITE_WRAPPERS: dict[str, dict[type, Callable]] = _build_table()
+@functools.cache
+def site_wrappers() -> dict[str, dict[type, Callable]]:
+    """The one dispatch table, ``SITE_WRAPPERS``: ``{site: {module type: factory(module, cfg) -> (child name,
+    wrapper)}}``, built on the first call (it imports transformers' modeling files) and the same dict after, so
+    an entry added to it stays."""
+    return _build_table()
 
 
 def __getattr__(name: str) -> Any:
+    if name == "SITE_WRAPPERS":  # module attribute built on first use (PEP 562): see site_wrappers
+        return site_wrappers()
     if name == "WRAPPERS":  # the old name, which clashed with LoRA's lorakit.lora.WRAPPERS
         import warnings
 
         warnings.warn("lorakit.methods.WRAPPERS is deprecated and will be removed in the next release; use "
                       "lorakit.methods.SITE_WRAPPERS", DeprecationWarning, stacklevel=2)
-        return SITE_WRAPPERS
+        return site_wrappers()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Which sites each inserting method wraps.
@@ -414,8 +426,8 @@ METHOD_MODULES = (BottleneckAdapter, PrefixAttention, PrefixEmbedding)
 
 def _factory(site: str, module: nn.Module) -> Callable | None:
     for cls in type(module).__mro__:
-        if cls in SITE_WRAPPERS[site]:
-            return SITE_WRAPPERS[site][cls]
+        if cls in site_wrappers()[site]:
+            return site_wrappers()[site][cls]
     return None
 
 
@@ -456,7 +468,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         if site == "base_model":
             found = found[:1]  # the outermost base model
         if not found:
-            needs = sorted({t.__name__ for t in SITE_WRAPPERS[site]})
+            needs = sorted({t.__name__ for t in site_wrappers()[site]})
             seen = sorted({type(m).__name__ for _, m in model.named_modules()
                            if "Attention" in type(m).__name__ or type(m).__name__.endswith(("Output", "MLP", "Model"))})
             raise MethodError(f"method {cfg.name!r} does not apply to {type(model).__name__}: it needs a "
@@ -509,13 +521,17 @@ def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) 
     """Exact counts: ``total``, ``trainable`` (what the optimizer updates), ``percent``, ``head`` (trainable
     head parameters), ``trainable_excluding_head`` (the LoRA paper's |Theta|), ``after_training``:
     trainable parameters excluding the head once PreLayer's reparameterisation MLP is dropped, and
-    ``inserted``: parameters the method added to the pretrained model (LoRA factors, adapters, prefixes)."""
-    total = sum(p.numel() for p in model.parameters())
-    inserted = sum(p.numel() for n, p in model.named_parameters() if is_lora_param_name(n))
+    ``inserted``: parameters the method added to the pretrained model (LoRA factors, adapters, prefixes).
+    A 4-bit base layer counts its weights, not its packed bytes (:func:`lorakit.quant.logical_numels`);
+    ``stored_bytes``: the memory of all parameters and buffers as stored (:func:`lorakit.quant.stored_bytes`)."""
+    numel = quant.logical_numels(model)
+    named = dict(model.named_parameters())
+    total = sum(numel.values())
+    inserted = sum(p.numel() for n, p in named.items() if is_lora_param_name(n))
     for _, module in method_modules(model):
         inserted += sum(p.numel() for n, p in module.named_parameters() if not n.startswith("base_layer."))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    head_n = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and in_modules(n, head))
+    trainable = sum(numel[n] for n, p in named.items() if p.requires_grad)
+    head_n = sum(numel[n] for n, p in named.items() if p.requires_grad and in_modules(n, head))
     dropped = 0
     for _, module in method_modules(model):
         if isinstance(module, PrefixAttention) and module.prefix_mlp is not None and module.prefix_input.requires_grad:
@@ -523,4 +539,4 @@ def count_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier",)) 
             dropped += reparam - 2 * module.length * module.width
     return {"total": total, "trainable": trainable, "percent": 100.0 * trainable / max(total, 1), "head": head_n,
             "trainable_excluding_head": trainable - head_n, "after_training": trainable - head_n - dropped,
-            "inserted": inserted}
+            "inserted": inserted, "stored_bytes": quant.stored_bytes(model)}

@@ -44,6 +44,7 @@ except Exception:  # pragma: no cover - transformers not installed
 __all__ = [
     "QuantizationError", "MissingBackendError", "QUANTIZATIONS", "BACKENDS", "default_backend", "Linear4bit",
     "quantize", "dequantize", "quantized_bytes", "linear_types", "QuantizedMergeWarning", "merge_rounding_error",
+    "logical_numels", "stored_bytes",
 ]
 
 #: The quantization names ``quantize`` (and ``model.quantization``) accept.
@@ -443,3 +444,26 @@ def quantized_bytes(model: nn.Module) -> tuple[int, int]:
             stored += sum(t.numel() * t.element_size() for t in module.quant_state().values())
             dense += module.in_features * module.out_features * 2
     return stored, dense
+
+
+def logical_numels(model: nn.Module) -> dict[str, int]:
+    """The number of weights each parameter of ``model`` stands for, by name (as ``model.named_parameters()``
+    names it): its ``numel()``, except a :class:`Linear4bit`'s codes. Its ``weight_packed`` (uint8, two 4-bit
+    codes per byte, padded to whole blocks by torchao) stands for the layer's ``in_features * out_features``
+    weights, and ``weight_absmax`` (the per-block scales) for none, so that a quantized model counts as many
+    parameters as the dense model it was quantized from. Their memory is :func:`stored_bytes`."""
+    logical: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            for part in CODE_PARTS:
+                if part in module._parts:
+                    weights = module.in_features * module.out_features if part == "packed" else 0
+                    logical[id(getattr(module, f"weight_{part}"))] = weights
+    return {name: logical.get(id(p), p.numel()) for name, p in model.named_parameters()}
+
+
+def stored_bytes(model: nn.Module) -> int:
+    """The bytes ``model``'s parameters and buffers occupy as stored (each shared tensor once): 4-bit codes at
+    their packed size, with the quantization statistics."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())

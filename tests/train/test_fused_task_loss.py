@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_lora
+from helpers import need, randomize_lora, shared_data
 
 import lorakit
 from lorakit.train.tasks.lm import get_lm_task
@@ -42,3 +42,115 @@ def test_task_loss_through_fused_path_equals_the_logits_path(task, tiny_gpt2, mo
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
     for f, p in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(f, p, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training.fused_loss / training.loss_chunk_size: from the config through the loop
+# ----------------------------------------------------------------------------------------------------------
+
+TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32, "n_layer": 2,
+             "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 50256,
+             "eos_token_id": 50256}
+
+
+def _e2e_raw(architecture: dict | None = None, **training) -> dict:
+    tokenizer = str(need(shared_data() / "gpt2-vocab"))
+    return {
+        "model": {"architecture": dict(architecture or TINY_GPT2), "tokenizer": tokenizer},
+        "method": {"name": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
+        "task": {"name": "e2e"},
+        "data": {"dir": str(need(shared_data() / "e2e")), "max_length": 96, "max_prompt_length": 48,
+                 "max_train_examples": 8, "max_eval_examples": 2},
+        "generation": {"num_beams": 1, "strategy": "greedy", "max_new_tokens": 2, "metrics": "fast"},
+        "optimizer": {"lr": 1e-2},
+        "schedule": {"warmup_steps": 1},
+        "training": {"batch_size": 4, "max_steps": 2, "checkpoint_every": 2, "keep_last": 1, "seed": 3,
+                     "label_smoothing": 0.1, **training},
+        "evaluation": {"every": 100, "average_last": 1, "batch_size": 2, "baseline": False},
+        "logging": {"every": 1, "progress_bar": False, "tensorboard": False, "plots": False},
+    }
+
+
+def _losses(workdir) -> list[float]:
+    import json
+
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [rec["loss"] for rec in map(json.loads, lines) if "loss" in rec]
+
+
+def test_fused_loss_key_reaches_the_loop_and_true_equals_false(tmp_path, kit, monkeypatch):
+    from lorakit.train.config import validate
+
+    calls = []
+    real = lorakit.losses.linear_cross_entropy
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("chunk_size"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lorakit.losses, "linear_cross_entropy", spy)
+    kit.run(validate(_e2e_raw(fused_loss=False)), tmp_path / "logits")
+    assert calls == [], "training.fused_loss false still used the fused loss"
+    kit.run(validate(_e2e_raw(fused_loss=True, loss_chunk_size=7)), tmp_path / "fused")
+    assert calls and set(calls) == {7}, "training.fused_loss true / loss_chunk_size did not reach the loss"
+
+    plain, fused = _losses(tmp_path / "logits"), _losses(tmp_path / "fused")
+    assert len(plain) == 2 and plain[0] > 1.0
+    assert fused == pytest.approx(plain, rel=1e-5)
+    a, b = kit.tensors(tmp_path / "logits"), kit.tensors(tmp_path / "fused")
+    assert a.keys() == b.keys() and a
+    for key in a:
+        # Adam's first step moves each weight by about lr whatever the gradient's size: float32 rounding in
+        # near-zero gradients shows as ~1e-6 here, on weights of ~2e-2
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5, msg=key)
+
+
+def test_fused_loss_true_on_a_model_it_cannot_run_stops_before_training(tmp_path, kit):
+    from lorakit.train.config import validate
+    from lorakit.train.errors import TrainingError
+
+    neo = {"model_type": "gpt_neo", "vocab_size": 50257, "max_position_embeddings": 128, "hidden_size": 32,
+           "num_layers": 2, "num_heads": 2, "attention_types": [[["global"], 2]], "bos_token_id": 50256,
+           "eos_token_id": 50256}
+    with pytest.raises(TrainingError) as err:
+        kit.run(validate(_e2e_raw(neo, fused_loss=True)), tmp_path / "run")
+    msg = str(err.value)
+    assert "training.fused_loss" in msg and "GPTNeoForCausalLM" in msg and "'gpt_neo'" in msg and "false" in msg
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize(("training", "task", "key", "says"), [
+    ({"fused_loss": "yes"}, "e2e", "fused_loss", "must be true, false or one of ['auto']"),
+    ({"fused_loss": 1}, "e2e", "fused_loss", "must be true, false"),
+    ({"fused_loss": None}, "e2e", "fused_loss", "must not be null"),
+    ({"loss_chunk_size": 0}, "e2e", "loss_chunk_size", ">= 1"),
+    ({"loss_chunk_size": "64"}, "e2e", "loss_chunk_size", "must be an integer"),
+    ({"fused_loss": False, "loss_chunk_size": 64}, "e2e", "loss_chunk_size", "set one of them only"),
+    ({"fused_loss": True}, "quickstart", "fused_loss", "task 'quickstart' is not one"),
+    ({"loss_chunk_size": 64}, "rte", "loss_chunk_size", "task 'rte' is not one"),
+    ({"fused_loss": True}, "e2e+distill", "fused_loss", "method 'distill'"),
+])
+def test_bad_fused_loss_settings_are_refused_with_the_key(training, task, key, says):
+    from lorakit.train.config import ConfigError, validate
+
+    task, _, method = task.partition("+")
+    raw = {"model": {"name_or_path": "x"}, "task": {"name": task}, "training": training}
+    if method:
+        raw["method"] = {"name": method, "teacher": "gpt2"}
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert f"$.training.{key}:" in str(err.value) and says in str(err.value), str(err.value)
+
+
+def test_fused_loss_defaults_to_auto_and_reaches_only_causal_lm_tasks():
+    from lorakit.train.config import validate
+    from lorakit.train.tasks import task_from_config
+
+    cfg = validate({"model": {"name_or_path": "x"}, "task": {"name": "e2e"}})
+    assert cfg.training.fused_loss == "auto" and cfg.training.loss_chunk_size is None
+    cfg = validate({"model": {"name_or_path": "x"}, "task": {"name": "sft"},
+                    "training": {"fused_loss": True, "loss_chunk_size": 256}})
+    task = task_from_config(cfg)
+    assert task.fused_loss is True and task.loss_chunk_size == 256
+    assert not hasattr(task_from_config(validate({"model": {"name_or_path": "x"}, "task": {"name": "rte"}})),
+                       "fused_loss")

@@ -354,21 +354,24 @@ def restore_on_error(model: nn.Module, adapter_name: str | None = None):
 def trainable_parameters(model: nn.Module) -> dict[str, Any]:
     """Parameter counts: ``total``, ``trainable``, ``percent`` and, per LoRA module, its ranks.
 
-    ``lora`` counts LoRA parameters only; ``other_trainable`` the rest (heads, biases).
+    ``lora`` counts LoRA parameters only; ``other_trainable`` the rest (heads, biases). A 4-bit base layer
+    counts its weights, not its packed bytes (:func:`lorakit.quant.logical_numels`); ``stored_bytes`` is the
+    memory of all parameters and buffers as stored.
     """
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lora = sum(p.numel() for n, p in model.named_parameters() if is_lora_param_name(n))
+    numel = quant.logical_numels(model)
+    named = dict(model.named_parameters())
+    trainable = sum(numel[n] for n, p in named.items() if p.requires_grad)
+    lora = sum(numel[n] for n in named if is_lora_param_name(n))
     ranks = {name: dict(module.rank) for name, module in lora_modules(model)}
     return {
-        "total": total,
+        "total": sum(numel.values()),
         "trainable": trainable,
-        "percent": 100.0 * trainable / max(total, 1),
+        "percent": 100.0 * trainable / max(sum(numel.values()), 1),
         "lora": lora,
-        "other_trainable": trainable - sum(
-            p.numel() for n, p in model.named_parameters() if p.requires_grad and is_lora_param_name(n)
-        ),
+        "other_trainable": trainable - sum(numel[n] for n, p in named.items()
+                                           if p.requires_grad and is_lora_param_name(n)),
         "ranks": ranks,
+        "stored_bytes": quant.stored_bytes(model),
     }
 
 

@@ -18,7 +18,7 @@ terms, which is the old per-micro-batch mean when the micro-batches are equal in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,10 +26,14 @@ from torch import Tensor, nn
 from lorakit.data.packing import IGNORE_INDEX, forward_inputs, pack_batch
 from lorakit.losses import causal_lm_loss, count_label_tokens, fused_loss_unsupported_reason
 
+from .errors import TrainingError
 from .tasks.base import Task
 
 __all__ = ["training_batch", "loss_count", "loss_sum", "token_loss_sum", "token_loss_mean", "label_token_count",
-           "step_scale", "TokenLoss"]
+           "step_scale", "TokenLoss", "FusedSetting", "uses_fused_loss", "check_fused_loss"]
+
+FusedSetting = bool | Literal["auto"]
+"""``training.fused_loss``: "auto" (fused where :func:`lorakit.causal_lm_loss` can run), True (required) or False."""
 
 
 def training_batch(task: Any, items: Sequence[dict], max_length: int | None, data_cfg: Any) -> tuple[dict, int]:
@@ -66,17 +70,46 @@ def label_token_count(batch: dict[str, Tensor]) -> int:
     return int(count_label_tokens(batch["labels"], ignore_index=IGNORE_INDEX))
 
 
+def uses_fused_loss(model: nn.Module, fused: FusedSetting) -> bool:
+    """Whether the token loss of ``model`` goes through :func:`lorakit.losses.causal_lm_loss` under the setting
+    ``fused`` (``training.fused_loss``). Raises :class:`TrainingError` naming the model's class and the reason
+    when ``fused`` is True and the fused loss cannot run ``model``."""
+    if fused is False:
+        return False
+    reason = fused_loss_unsupported_reason(model)
+    if reason is not None and fused is True:
+        raise TrainingError(f"training.fused_loss is true, but lorakit.causal_lm_loss cannot run "
+                            f"{_model_class(model)}: {reason}. Set training.fused_loss to \"auto\" (fused where "
+                            "it can run) or false (the model's own logits)")
+    return reason is None
+
+
+def _model_class(model: nn.Module) -> str:
+    inner = getattr(model, "module", None)  # DDP / DataParallel keep the model in .module
+    name = type(model).__name__
+    return f"{name} of {type(inner).__name__}" if isinstance(inner, nn.Module) else name
+
+
+def check_fused_loss(task: Any, model: nn.Module) -> None:
+    """Before training: :func:`uses_fused_loss` for a task with a ``fused_loss`` setting (the causal-LM tasks),
+    so that ``training.fused_loss: true`` on a model it cannot run stops before the first step."""
+    setting = getattr(task, "fused_loss", None)
+    if setting is not None:
+        uses_fused_loss(model, setting)
+
+
 def token_loss_sum(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0,
-                   fused: bool = True) -> Tensor:
+                   fused: FusedSetting = "auto", chunk_size: int | None = None) -> Tensor:
     """Summed next-token cross-entropy (nats, with ``label_smoothing``) of a padded or packed causal-LM batch
     over its :func:`label_token_count` targets. ``batch``: ``input_ids``, ``labels`` ``(batch, seq)`` with
-    ``attention_mask`` (padded) or ``position_ids`` (packed). With ``fused`` and a model
-    :func:`lorakit.losses.causal_lm_loss` supports, the sum comes from the hidden states without the full
-    logits; else from ``model(...).logits`` ``(batch, seq, vocab)``. Both give the same value."""
-    if fused and fused_loss_unsupported_reason(model) is None:
+    ``attention_mask`` (padded) or ``position_ids`` (packed). Where :func:`uses_fused_loss` (``fused``: "auto",
+    True or False), the sum comes from the hidden states through :func:`lorakit.losses.causal_lm_loss` (chunks
+    of ``chunk_size`` tokens, None: its default) without the full logits; else from ``model(...).logits``
+    ``(batch, seq, vocab)``. Both give the same value."""
+    if uses_fused_loss(model, fused):
         return causal_lm_loss(model, batch["input_ids"], batch["labels"], attention_mask=batch.get("attention_mask"),
                               position_ids=batch.get("position_ids"), ignore_index=IGNORE_INDEX,
-                              label_smoothing=label_smoothing, reduction="sum")
+                              label_smoothing=label_smoothing, reduction="sum", chunk_size=chunk_size)
     out = model(**forward_inputs(batch))
     logits = out.logits if hasattr(out, "logits") else out
     shifted = logits[:, :-1].float()  # (batch, seq - 1, vocab): position t predicts token t + 1
@@ -86,29 +119,31 @@ def token_loss_sum(model: nn.Module, batch: dict[str, Tensor], label_smoothing: 
 
 
 def token_loss_mean(model: nn.Module, batch: dict[str, Tensor], label_smoothing: float = 0.0,
-                    fused: bool = True) -> Tensor:
+                    fused: FusedSetting = "auto", chunk_size: int | None = None) -> Tensor:
     """:func:`token_loss_sum` divided by the number of targets (0 for a batch without any)."""
-    return token_loss_sum(model, batch, label_smoothing, fused) / max(1, label_token_count(batch))
+    return token_loss_sum(model, batch, label_smoothing, fused, chunk_size) / max(1, label_token_count(batch))
 
 
 class TokenLoss(Task):
     """The loss methods of a causal-LM task (e2e/webnlg/dart, language modelling, sft): next-token
     cross-entropy on the label tokens of a padded or packed batch, as a sum (:meth:`loss_sum`) with its count
-    (:meth:`loss_count`) for the loop, and as a mean (:meth:`loss`). ``fused_loss``: through
-    :func:`lorakit.losses.causal_lm_loss` (no full logits) where the model allows it."""
+    (:meth:`loss_count`) for the loop, and as a mean (:meth:`loss`). ``fused_loss`` (``training.fused_loss``):
+    through :func:`lorakit.losses.causal_lm_loss` (no full logits) where the model allows it ("auto"), always
+    (True) or never (False); ``loss_chunk_size`` (``training.loss_chunk_size``): its tokens per chunk."""
 
     model_kind = "causal_lm"
-    fused_loss = True
+    fused_loss: FusedSetting = "auto"
+    loss_chunk_size: int | None = None
 
     def loss_sum(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return token_loss_sum(model, batch, self.label_smoothing, self.fused_loss)
+        return token_loss_sum(model, batch, self.label_smoothing, self.fused_loss, self.loss_chunk_size)
 
     @staticmethod
     def loss_count(batch: dict[str, Tensor]) -> int:
         return label_token_count(batch)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return token_loss_mean(model, batch, self.label_smoothing, self.fused_loss)
+        return token_loss_mean(model, batch, self.label_smoothing, self.fused_loss, self.loss_chunk_size)
 
 
 def step_scale(total_terms: float, world_size: int) -> float:

@@ -269,6 +269,7 @@ def distilling_task(task: Any, cfg: Section, say: Callable[[str], None] = print)
     """``distill``: ``task`` with its training loss against the teacher ``method.teacher``: a finished run's
     workdir (a folder with ``checkpoints/``), else a pretrained model path or name whose head fits the task.
     Label space, model kind and vocabulary are checked before the teacher's weights load."""
+    from lorakit import quant
     from lorakit.distill import DistillError
 
     teacher_dir = Path(cfg.method.teacher).expanduser()
@@ -277,7 +278,7 @@ def distilling_task(task: Any, cfg: Section, say: Callable[[str], None] = print)
             teacher = _teacher_run(task, teacher_dir)
         else:
             teacher = _teacher_model(task, cfg, say)
-        say(f"distill: teacher {cfg.method.teacher} ({sum(p.numel() for p in teacher.parameters()):,} parameters), "
+        say(f"distill: teacher {cfg.method.teacher} ({sum(quant.logical_numels(teacher).values()):,} parameters), "
             f"T={cfg.method.temperature:g}, alpha={cfg.method.distill_alpha:g}")
         return _distilling(task, teacher, cfg)
     except DistillError as err:

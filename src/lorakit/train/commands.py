@@ -202,6 +202,7 @@ def inspect_main(argv: list[str] | None = None) -> int:
     print(f"parameters: {info['total']:,} total, {info['trainable']:,} trainable ({info['percent']:.4f}%)")
     print(f"            {info['trainable_excluding_head']:,} trainable excluding the head ({info['head']:,} in the "
           f"head); {info['after_training']:,} after training (PreLayer's MLP dropped)")
+    print(f"memory:     {info['stored_bytes']:,} bytes of parameters and buffers as stored (4-bit weights packed)")
     print(f"adapter:    {info['adapter_bytes']:,} bytes on disk ({info['adapter_file']})")
     if "latency" in info:
         lat = info["latency"]

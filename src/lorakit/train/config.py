@@ -238,6 +238,7 @@ def _cross_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
             problems.append(("$.data.random_length",
                              f"high={hi} exceeds data.max_length={d['max_length']}; raise max_length"))
     _packing_checks(cfg, problems)
+    _fused_loss_checks(cfg, problems)
     o = cfg.get("optimizer")
     if isinstance(o, dict) and isinstance(o.get("betas"), list):
         if not all(0.0 <= b < 1.0 for b in o["betas"]):
@@ -277,6 +278,30 @@ def _packing_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
     if isinstance(method, str) and method.startswith("prefix"):
         problems.append(("$.data.packing", f"method {method!r} runs through the model's KV cache, which packed rows "
                                            "cannot use: set data.packing to false"))
+
+
+def _fused_loss_checks(cfg: Section, problems: list[tuple[str, str]]) -> None:
+    t, task = cfg.get("training"), cfg.get("task")
+    if not isinstance(t, dict):
+        return
+    fused, chunk = t.get("fused_loss"), t.get("loss_chunk_size")
+    name = task.get("name") if isinstance(task, dict) else None
+    if isinstance(name, str) and name in TASK_REGISTRY and not is_causal_lm_task(name):
+        causal = ", ".join(n for n in task_names() if is_causal_lm_task(n))
+        if fused is True:
+            problems.append(("$.training.fused_loss", f"the fused loss is the causal-LM tasks' loss ({causal}); "
+                                                      f"task {name!r} is not one: set it to \"auto\" or false"))
+        if chunk is not None:
+            problems.append(("$.training.loss_chunk_size", f"chunks the fused loss of the causal-LM tasks ({causal}); "
+                                                           f"task {name!r} is not one: set it to null"))
+    meth = cfg.get("method")
+    if isinstance(meth, dict) and meth.get("name") == "distill" and (fused is True or chunk is not None):
+        key = "fused_loss" if fused is True else "loss_chunk_size"
+        problems.append((f"$.training.{key}", "method 'distill' computes the student's full logits for the KL term "
+                                              "against the teacher, so the fused loss does not apply: remove it"))
+    if fused is False and chunk is not None:
+        problems.append(("$.training.loss_chunk_size", "chunks the fused loss, which training.fused_loss false "
+                                                       "turns off: set one of them only"))
 
 
 def validate(raw: Any, source: str | None = None) -> Section:

@@ -156,6 +156,7 @@ def setup_run(cfg: Section, workdir: Path, dinfo: D.DistInfo, *, resume: bool = 
     model.to(dinfo.device)
     pruner = getattr(model, "lorakit_pruner", None)
     model = D.wrap(model, dinfo, cfg.training.strategy)  # DDP / FSDP under torchrun, else as is
+    B.check_fused_loss(task, model)  # training.fused_loss true on a model causal_lm_loss cannot run stops here
     steps_per_epoch = len(train_set) // cfg.training.batch_size  # the incomplete tail of an epoch is skipped
     total_steps = cfg.training.max_steps or max(1, math.ceil(cfg.training.epochs * steps_per_epoch))
     optimizer = build_optimizer(model, cfg.optimizer)

@@ -252,6 +252,19 @@ SCHEMA: dict[str, Field] = {
                  "moves the saved block inputs to pinned CPU memory (non-blocking copies) while the model runs on "
                  "a GPU, and is plain checkpointing on the CPU",
         ),
+        fused_loss=Field(
+            "bool_or_choice", "auto", choices=("auto",),
+            help="causal-LM tasks (e2e, webnlg, dart, language modelling, sft): the training loss through "
+                 "lorakit.causal_lm_loss, which never materialises the (batch, seq, vocab) logits and equals the "
+                 "model's own loss. 'auto': fused where the model allows it (a supported Hugging Face causal LM "
+                 "that DDP/FSDP does not wrap), else the model's logits; true: fused or an error before training "
+                 "that names the model class and why; false: always the model's logits",
+        ),
+        loss_chunk_size=Field(
+            "int", None, nullable=True, min=1,
+            help="causal-LM tasks, fused loss: label tokens per chunk of the head (the memory of one chunk's logits "
+                 "is chunk x vocab); null: lorakit.linear_cross_entropy's default",
+        ),
         precision=Field(
             "str", "auto", choices=("auto", "fp32", "bf16", "fp16"),
             help="autocast on GPU; on CPU training runs in fp32 (with a note if bf16/fp16 was asked)",

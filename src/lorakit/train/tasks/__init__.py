@@ -60,4 +60,8 @@ def get_task(name: str, label_smoothing: float = 0.0, **options: Any) -> Task:
 def task_from_config(cfg: Any) -> Task:
     """The task of a resolved experiment config, with the options its family reads from other sections."""
     entry = TASK_REGISTRY[cfg.task.name]
-    return entry.factory(label_smoothing=cfg.training.label_smoothing, **entry.config_options(cfg))
+    task = entry.factory(label_smoothing=cfg.training.label_smoothing, **entry.config_options(cfg))
+    if task.model_kind == "causal_lm":  # the token loss of lorakit.train.batches.TokenLoss
+        task.fused_loss = cfg.training.get("fused_loss", "auto")
+        task.loss_chunk_size = cfg.training.get("loss_chunk_size")
+    return task
