@@ -256,9 +256,10 @@ SCHEMA: dict[str, Field] = {
             "bool_or_choice", "auto", choices=("auto",),
             help="causal-LM tasks (e2e, webnlg, dart, language modelling, sft): the training loss through "
                  "lorakit.causal_lm_loss, which never materialises the (batch, seq, vocab) logits and equals the "
-                 "model's own loss. 'auto': fused where the model allows it (a supported Hugging Face causal LM "
-                 "that DDP/FSDP does not wrap), else the model's logits; true: fused or an error before training "
-                 "that names the model class and why; false: always the model's logits",
+                 "model's own loss. 'auto': fused where the model allows it (a supported Hugging Face causal LM, "
+                 "plain or under DDP; not under FSDP, whose root forward gathers the head), else the model's "
+                 "logits; true: fused or an error before training that names the model class and why; false: "
+                 "always the model's logits",
         ),
         loss_chunk_size=Field(
             "int", None, nullable=True, min=1,
