@@ -134,7 +134,8 @@ def test_mnli_trains_a_three_class_head(glue_root, tmp_path, kit):
 def test_data_prepare_copies_the_new_glue_tasks(glue_root, tmp_path):
     out = dp.prepare("mnli", tmp_path / "data", source=glue_root, say=lambda _m: None)
     assert out == tmp_path / "data" / "MNLI"
-    assert sorted(p.name for p in out.iterdir()) == ["dev_matched.tsv", "dev_mismatched.tsv", "train.tsv"]
+    files = sorted(["dev_matched.tsv", "dev_mismatched.tsv", dp.MANIFEST, "train.tsv"])
+    assert sorted(p.name for p in out.iterdir()) == files
     assert dp.prepare("mnli_mm", tmp_path / "data2", source=glue_root, say=lambda _m: None).name == "MNLI"
     archive = tmp_path / "QQP-clean.zip"  # GLUE's zip: a top folder QQP/ holding the TSVs
     with zipfile.ZipFile(archive, "w") as zf:
