@@ -48,11 +48,10 @@ from pathlib import Path
 import torch
 
 from . import common
-from .llm_step import LORA_ALPHA, LORA_R
+from .llm_step import LORA_R, adapt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = "RESULT_JSON "
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Issue 17's GPU target, for lorakit against HF+PEFT plain.
 TARGET_TOKENS_RATIO = 1.3  # at least
@@ -142,19 +141,7 @@ def build(variant: Variant, shape: dict[str, int], device: torch.device, dtype: 
             model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(default)
-    if variant.library == "peft":
-        import peft
-
-        model = peft.get_peft_model(model, peft.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=TARGETS))
-    else:
-        import lorakit
-
-        if variant.nf4:
-            lorakit.quantize(model, "nf4", compute_dtype=dtype)
-        lorakit.inject(model, lorakit.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=TARGETS))
-    if variant.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model.train()
+    return adapt(model, variant, compute_dtype=dtype)
 
 
 def loss_function(variant: Variant, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +43,7 @@ SECTION_TITLE = "LLM training step: Llama architecture, 128k vocabulary (bench/l
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = "RESULT_JSON "
 LORA_R, LORA_ALPHA = 16, 32
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Targets from issue 17 (lorakit fused loss + checkpointing against the peers).
 TARGET_MEMORY_VS_PLAIN = 0.20
@@ -91,18 +93,24 @@ def build(variant: Variant, args: argparse.Namespace) -> torch.nn.Module:
     config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.mlp, num_hidden_layers=args.layers,
                          num_attention_heads=8, num_key_value_heads=2, vocab_size=args.vocab,
                          max_position_embeddings=args.seq, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return adapt(LlamaForCausalLM(config), variant)
+
+
+def adapt(model: torch.nn.Module, variant: Any, compute_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """LoRA from ``variant.library`` on every block linear (the NF4 base first when ``variant.nf4``, computing in
+    ``compute_dtype``), block checkpointing when ``variant.checkpointing``; the model in train mode. Shared by
+    bench/gpu_llm_check.py, whose variants have the same three fields."""
     if variant.library == "peft":
         import peft
 
-        model = peft.get_peft_model(model, peft.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=targets))
+        model = peft.get_peft_model(model, peft.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA,
+                                                           target_modules=LORA_TARGETS))
     else:
         import lorakit
 
         if variant.nf4:
-            lorakit.quantize(model, "nf4")
-        lorakit.inject(model, lorakit.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=targets))
+            lorakit.quantize(model, "nf4", compute_dtype=compute_dtype)
+        lorakit.inject(model, lorakit.LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=LORA_TARGETS))
     if variant.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
