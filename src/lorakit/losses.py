@@ -91,7 +91,7 @@ def _chunk_loss_and_logit_grad(hidden: Tensor, weight: Tensor, bias: Tensor | No
     gradient is a view of it).
     """
     # Every step below writes into the one reused buffer: a fresh (n, vocab) tensor per chunk and per step
-    # costs a page-faulted allocation each time, ~20% of the head's time on a 2-core CPU (BENCHMARKS.md).
+    # costs a page-faulted allocation each time, 8-13% of the head's time on a 2-core CPU (BENCHMARKS.md).
     if buffer.dtype == hidden.dtype:
         logits = torch.mm(hidden, weight.T, out=buffer) if bias is None else torch.addmm(bias, hidden, weight.T,
                                                                                             out=buffer)
