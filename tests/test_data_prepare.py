@@ -59,8 +59,31 @@ def test_a_zip_works_and_a_damaged_file_fails_its_checksum(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(GLUE / "CoLA" / "train.tsv", "CoLA/train.tsv")
         zf.writestr("CoLA/dev.tsv", (GLUE / "CoLA" / "dev.tsv").read_bytes()[:-10])
-    with pytest.raises(dp.PrepareError, match=r"dev.tsv: checksum mismatch \(sha256 [0-9a-f]{64}, expected 8c01"):
+    with pytest.raises(dp.PrepareError, match=r"dev.tsv: checksum mismatch \(sha256 [0-9a-f]{64}; expected 8c01"):
         dp.prepare("cola", tmp_path / "data", source=archive, say=lambda _m: None)
+    assert not (tmp_path / "data").exists()  # train.tsv passed its check, but nothing is written unless all pass
+
+
+def test_a_sha1_pin_is_checked_and_the_manifest_still_records_the_sha256():
+    """Publishers of the LM corpora give SHA-1s (enwik8/enwik9: Mahoney's page; WikiText, text8: GluonNLP's
+    checks). GluonNLP's SHA-1 of WikiText-2's wiki.valid.tokens against this project's own copy of it."""
+    valid = SHARED / "wikitext-2" / "valid.txt"
+    assert valid.is_file(), f"{valid} not found: these tests read the project's shared data; set LORAKIT_DATA"
+    sha256 = dp._check(valid, "sha1:0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422", say=print)
+    assert sha256 == "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"  # the data MANIFEST's
+    assert dp._check(valid, ("sha1:" + "0" * 40, sha256), say=print) == sha256  # a tuple: any of them
+    with pytest.raises(dp.PrepareError, match=r"checksum mismatch \(sha1 0418625c[0-9a-f]{32}, sha256 f0737ed3"
+                                              r"[0-9a-f]{56}; expected sha1:c326ac59"):
+        dp._check(valid, dp.SOURCES["wikitext103"].files["wiki.valid.tokens"], say=print)
+
+
+def test_every_lm_corpus_file_is_pinned_with_a_digest_of_its_algorithms_length():
+    lengths = {"sha256": 64, "sha1": 40}
+    for task in ("enwik8", "text8", "hutter", "wikitext103"):
+        for name, pinned in dp.SOURCES[task].files.items():
+            assert pinned is not None, f"{task}: {name} is not pinned"
+            algorithm, hexdigest = dp._split_digest(pinned)
+            assert len(hexdigest) == lengths[algorithm] and int(hexdigest, 16) >= 0, (task, name, pinned)
 
 
 def test_offline_download_fails_fast_and_says_what_to_fetch(tmp_path, monkeypatch):
@@ -143,7 +166,7 @@ def test_e2e_damaged_file_fails_and_offline_nlg_downloads_say_what_to_fetch(tmp_
     raw = tmp_path / "raw"
     shutil.copytree(_shared_nlg("e2e"), raw)
     (raw / "devset.csv").write_bytes((raw / "devset.csv").read_bytes()[:-20])
-    with pytest.raises(dp.PrepareError, match=r"devset.csv: checksum mismatch \(sha256 [0-9a-f]{64}, expected fc26b7"):
+    with pytest.raises(dp.PrepareError, match=r"devset.csv: checksum mismatch \(sha256 [0-9a-f]{64}; expected fc26b7"):
         dp.prepare("e2e", tmp_path / "out", source=raw, say=lambda _m: None)
     monkeypatch.setattr(dp, "_reachable", lambda url, timeout=3.0: False)
     with pytest.raises(dp.PrepareError, match=r"cannot reach raw.githubusercontent.com \(offline\?\).*tuetschek/"
@@ -153,3 +176,44 @@ def test_e2e_damaged_file_fails_and_offline_nlg_downloads_say_what_to_fetch(tmp_
                                               r"shimorina/webnlg-dataset/-/raw/master/webnlg_challenge_2017/ and"):
         dp.prepare("webnlg", tmp_path / "out", say=lambda _m: None)
     assert cli_main(["data", "prepare", "dart", "--to", str(tmp_path)]) == 1
+
+
+def test_downloads_name_lorakit_as_the_agent_and_a_refused_one_says_what_to_do(tmp_path):
+    """A real HTTP server on localhost that, like wikitext.smerity.com, refuses Python's default agent."""
+    import http.server
+    import threading
+
+    (tmp_path / "site").mkdir()
+    payload = bytes(range(256)) * 5000
+    (tmp_path / "site" / "corpus.zip").write_bytes(payload)
+    agents: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path / "site"), **kwargs)
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            agents.append(self.headers.get("User-Agent", ""))
+            if agents[-1].startswith("Python-urllib"):
+                self.send_error(403)
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        notes: list[str] = []
+        dp._download({"corpus.zip": base + "corpus.zip"}, tmp_path / "got", notes.append)
+        assert (tmp_path / "got" / "corpus.zip").read_bytes() == payload
+        assert agents == [f"lorakit/{dp._VERSION} (lorakit data prepare)"]
+        assert notes == [f"downloading {base}corpus.zip"]
+        with pytest.raises(dp.PrepareError, match=r"download of .*/missing.zip failed: HTTP Error 404.*--from"):
+            dp._download({"missing.zip": base + "missing.zip"}, tmp_path / "got", notes.append)
+        assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["corpus.zip"]  # no partial file
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -112,6 +112,33 @@ def test_unpacked_xz_files_one_shard_and_the_cli_give_the_same_files(tmp_path):
         assert data == (tmp_path / "c" / "webtext" / f"{split}.txt").read_bytes()
 
 
+def _release_archive(path: Path, xz_dir: Path) -> Path:
+    """The release layout: an xz-compressed tar of ``openwebtext/urlsf_subsetNN-M_data.xz``."""
+    with tarfile.open(path, "w:xz") as tar:
+        for part in sorted(xz_dir.iterdir()):
+            tar.add(part, arcname=f"openwebtext/{part.name}")
+    return path
+
+
+def test_the_release_archive_reads_like_the_shards_and_a_copy_that_differs_from_the_pinned_one_is_refused(tmp_path):
+    owt, xz_dir = _shards(tmp_path, _documents())
+    from_shards = dp.prepare("openwebtext", tmp_path / "a", owt, say=lambda _m: None, holdout=0.1)
+    sample = _release_archive(tmp_path / "sample.tar.xz", xz_dir)  # another name: not checked against the pin
+    notes: list[str] = []
+    from_release = dp.prepare("openwebtext", tmp_path / "b", sample, say=notes.append, holdout=0.1)
+    for split in ("train", "valid", "test"):
+        assert (from_release / f"{split}.txt").read_bytes() == (from_shards / f"{split}.txt").read_bytes()
+    assert any("sample.tar.xz: no pinned checksum" in n for n in notes)
+    # under the release's name the archive must be the release: this one is not, and nothing is written
+    (tmp_path / "release").mkdir()
+    sample.rename(tmp_path / "release" / "openwebtext.tar.xz")
+    pinned = dp.SOURCES["openwebtext"].extra["openwebtext.tar.xz"]
+    with pytest.raises(dp.PrepareError, match=rf"openwebtext.tar.xz: checksum mismatch \(sha256 [0-9a-f]{{64}}; "
+                                              rf"expected {pinned}\)"):
+        dp.prepare("openwebtext", tmp_path / "c", tmp_path / "release", say=lambda _m: None, holdout=0.1)
+    assert not (tmp_path / "c").exists()
+
+
 def test_max_train_docs_stops_early_and_a_too_small_holdout_writes_nothing(tmp_path):
     docs = _documents()
     owt, _ = _shards(tmp_path, docs)
@@ -131,7 +158,7 @@ def test_max_train_docs_stops_early_and_a_too_small_holdout_writes_nothing(tmp_p
     assert sum(files[f"{s}.txt"]["documents"] for s in count) < len(ordered)  # it stopped reading
     with pytest.raises(dp.PrepareError, match=r"no document fell into valid and test .*raise --holdout"):
         dp.prepare("openwebtext", tmp_path / "tiny", owt, say=lambda _m: None, holdout=1e-9)
-    assert not list((tmp_path / "tiny" / "webtext").iterdir())  # no split file, no temporary file left
+    assert not (tmp_path / "tiny" / "webtext").exists()  # no split file, no temporary file, no empty folder left
     with pytest.raises(dp.PrepareError, match=r"holdout must be in \(0, 0.5\)"):
         dp.prepare("openwebtext", tmp_path / "x", owt, say=lambda _m: None, holdout=0.5)
     with pytest.raises(dp.PrepareError, match="apply to openwebtext only"):
@@ -140,7 +167,8 @@ def test_max_train_docs_stops_early_and_a_too_small_holdout_writes_nothing(tmp_p
 
 def test_bad_inputs_name_the_file_and_the_fix(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(dp.PrepareError, match=r"no OpenWebText files; expected one of: tar shards"):
+    with pytest.raises(dp.PrepareError, match=r"no OpenWebText files; expected one of: the release archive "
+                                              r"openwebtext.tar.xz \(\*.tar.xz\); tar shards"):
         dp.prepare("openwebtext", tmp_path / "o", tmp_path / "empty", say=lambda _m: None)
     owt, xz_dir = _shards(tmp_path, _documents())
     (owt / "urlsf_subset00-1_data.xz").write_bytes((xz_dir / "urlsf_subset00-1_data.xz").read_bytes())
@@ -153,30 +181,38 @@ def test_bad_inputs_name_the_file_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(dp.PrepareError, match=r"urlsf_subset00-1_data.xz: not a readable xz tar archive"):
         dp.prepare("openwebtext", tmp_path / "o", damaged, say=lambda _m: None, holdout=0.1)
     monkeypatch.setattr(dp, "_reachable", lambda url, timeout=3.0: False)
-    with pytest.raises(dp.PrepareError, match=r"cannot reach huggingface.co \(offline\?\).*21 files under "
-                       r"https://huggingface.co/datasets/Skylion007/openwebtext/resolve/main/subsets/.*--from"):
+    with pytest.raises(dp.PrepareError, match=r"cannot reach zenodo.org \(offline\?\).*download "
+                       r"https://zenodo.org/records/3834942/files/openwebtext.tar.xz and pass .* --from"):
         dp.prepare("openwebtext", tmp_path / "off", say=lambda _m: None)
     assert not (tmp_path / "off").exists()  # nothing written
 
 
-def test_parquet_files_read_like_the_shards_or_name_the_missing_reader(tmp_path):
+def test_parquet_files_read_like_the_shards_and_bad_ones_are_named(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     docs = _documents()
     owt, _ = _shards(tmp_path, docs)
     from_tar = dp.prepare("openwebtext", tmp_path / "a", owt, say=lambda _m: None, holdout=0.1)
+    # the dataset's parquet conversion: raw documents in a text column, over two files (a null row is skipped)
     folder = tmp_path / "parquet" / "plain_text"
     folder.mkdir(parents=True)
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # this machine: no pyarrow; the message says what to install
-        (folder / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
-        with pytest.raises(dp.PrepareError, match=r"reading parquet files needs pyarrow \(pip install pyarrow\)"):
-            dp.prepare("openwebtext", tmp_path / "b", folder.parent, say=lambda _m: None, holdout=0.1)
-        return
-    pq.write_table(pa.table({"text": [_normalized(d) for d in docs]}), folder / "train-00000-of-00001.parquet")
+    half = len(docs) // 2
+    pq.write_table(pa.table({"text": docs[:half] + [None]}), folder / "train-00000-of-00002.parquet", row_group_size=7)
+    pq.write_table(pa.table({"text": docs[half:]}), folder / "train-00001-of-00002.parquet")
     from_parquet = dp.prepare("openwebtext", tmp_path / "b", folder.parent, say=lambda _m: None, holdout=0.1)
     for split in ("train", "valid", "test"):
         assert (from_parquet / f"{split}.txt").read_bytes() == (from_tar / f"{split}.txt").read_bytes()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    pq.write_table(pa.table({"content": docs[:3]}), other / "train.parquet")
+    with pytest.raises(dp.PrepareError, match=r"train.parquet: no 'text' column \(columns: content\)"):
+        dp.prepare("openwebtext", tmp_path / "c", other, say=lambda _m: None, holdout=0.1)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # a machine without pyarrow
+    with pytest.raises(dp.PrepareError, match=r"reading parquet files needs pyarrow \(pip install pyarrow"):
+        dp.prepare("openwebtext", tmp_path / "d", folder.parent, say=lambda _m: None, holdout=0.1)
+    assert not (tmp_path / "c" / "webtext" / "train.txt").exists() and not (tmp_path / "d" / "webtext").exists()
 
 
 def test_prepare_webtext_sh_writes_the_folder_roberta_baseline_reads(tmp_path):

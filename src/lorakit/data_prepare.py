@@ -7,8 +7,9 @@ SentEval copy of MRPC and GLUE's MRPC dev ids, the SQuAD explorer site, the Natu
 repositories: E2E ``tuetschek/e2e-dataset`` and DART ``Yale-LILY/dart`` on GitHub, WebNLG 2017 the WebNLG
 dataset repository ``shimorina/webnlg-dataset`` on GitLab, folder ``webnlg_challenge_2017``).
 ``--from PATH`` uses an already-downloaded folder or zip instead, with no network. Either way every file
-with a pinned SHA-256 (below) is checked and a mismatch stops with the file, the expected and the actual
-digest; files without a pinned digest are copied with a note printing their SHA-256 (so it can be pinned).
+with a pinned digest (below: a SHA-256, or the SHA-1 a publisher gives) is checked and a mismatch stops with the
+file, the expected and the actual digest; files without a pinned digest are copied with a note printing their
+SHA-256 (so it can be pinned).
 Offline without ``--from``, the command fails within seconds and says what to download.
 
 Layout written: GLUE ``DIR/RTE/train.tsv`` ... (MNLI: ``DIR/MNLI/{train,dev_matched,dev_mismatched}.tsv``;
@@ -19,17 +20,18 @@ QQP from GLUE's ``QQP-clean.zip``, QNLI from ``QNLIv2.zip``; MRPC's train/dev sp
 E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.csv``; WebNLG
 ``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
 ``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``); LM corpora (from mattmahoney.net/dc
-and the WikiText release zip, digests printed, not pinned) ``DIR/enwik8/enwik8``, ``DIR/text8/text8``,
+and the WikiText release zip on wikitext.smerity.com, all pinned) ``DIR/enwik8/enwik8``, ``DIR/text8/text8``,
 ``DIR/hutter/enwik9``, ``DIR/wikitext-103/wiki.{train,valid,test}.tokens``; OpenWebText (the open re-creation of
-WebText: the 21 tar shards of the Hugging Face dataset ``Skylion007/openwebtext``, or with ``--from`` a folder
-of them, of the ``.xz`` archives inside them or of its parquet files) ``DIR/webtext/{train,valid,test}.txt``,
+WebText: its authors' release archive ``openwebtext.tar.xz`` on Zenodo, pinned; or with ``--from`` that file, the
+21 tar shards of the Hugging Face dataset ``Skylion007/openwebtext``, the ``.xz`` archives inside them or its
+parquet files, whose digests are recorded, not pinned) ``DIR/webtext/{train,valid,test}.txt``,
 split by :mod:`lorakit.data.openwebtext` (``--holdout``, ``--max-train-docs``). The NLG folders are then read
 with :mod:`lorakit.data.nlg` (a file that does not parse stops the command); a DART folder given with
 ``--from`` may hold only some splits.
 
 Every prepared folder gets ``lorakit-prepare.json``: each file's SHA-256, whether it was checked against a pinned
-digest, the task and the source. For files without a pinned digest (the LM corpora, OpenWebText's shards, a
-few GLUE/SuperGLUE files) this is the record of which copy a result was computed on.
+digest, the task and the source. For files without a pinned digest (OpenWebText's Hugging Face shards or
+parquet files, a few GLUE/SuperGLUE files) this is the record of which copy a result was computed on.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lorakit import __version__ as _VERSION
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write
 
@@ -68,7 +71,8 @@ class Source:
 
     folder: str
     urls: dict[str, str]
-    files: dict[str, str | tuple[str, ...] | None]  # None: not pinned; a tuple: any of these releases
+    files: dict[str, str | tuple[str, ...] | None]  # None: not pinned; a tuple: any of these releases;
+    # a digest is a SHA-256 in hex, or "sha1:HEX" where the publisher gives only that
     note: str = ""
     build: str = ""  # "mrpc": rebuild train/dev from the MSR file and the dev ids
     extra: dict[str, str | None] = field(default_factory=dict)  # inputs of `build`, with their digests
@@ -86,10 +90,11 @@ _E2E = "https://raw.githubusercontent.com/tuetschek/e2e-dataset/ab0d967dd5729ce4
 _WEBNLG = "https://gitlab.com/shimorina/webnlg-dataset/-/raw/master/webnlg_challenge_2017/"
 # Matt Mahoney's site, the canonical home of enwik8/enwik9 (Hutter Prize) and text8
 _HUTTER = "http://mattmahoney.net/dc/"
-# Salesforce's (MetaMind) original WikiText release location
-_WIKITEXT = "https://s3.amazonaws.com/research.metamind.io/wikitext/"
-# OpenWebText's canonical copy: the Hugging Face dataset of its authors (21 tar shards of xz archives)
-_OWT = "https://huggingface.co/datasets/Skylion007/openwebtext/resolve/main/subsets/"
+# WikiText's author's copy of the release zips (Salesforce's original S3 location answers 403 since 2024)
+_WIKITEXT = "https://wikitext.smerity.com/"
+# OpenWebText's release archive (its authors' Zenodo record; the Hugging Face dataset Skylion007/openwebtext
+# holds the same .xz archives regrouped into 21 tar shards, with no published digests)
+_OWT = "https://zenodo.org/records/3834942/files/"
 _DART = "https://raw.githubusercontent.com/Yale-LILY/dart/bb644b12ec1d0264f96a31145534b9a94f6ff5f5/data/v1.1.1/"
 
 # WebNLG 2017 challenge train/dev XML files: "split n-triples category sha256"; the file is
@@ -259,17 +264,27 @@ SOURCES: dict[str, Source] = {
                     {"train.jsonl": None, "val.jsonl": None, "test.jsonl": None})
        for name, folder in (("boolq", "BoolQ"), ("cb", "CB"), ("copa", "COPA"), ("superglue_rte", "RTE"),
                             ("wic", "WiC"), ("wsc", "WSC"), ("multirc", "MultiRC"), ("record", "ReCoRD"))},
-    # Language-model corpora (masked/causal LM tasks). Not pinned: no digest could be verified here (no
-    # internet); the command prints each file's SHA-256 so that a run can record and pin it.
-    "enwik8": Source("enwik8", {"enwik8.zip": _HUTTER + "enwik8.zip"}, {"enwik8": None}),
-    "text8": Source("text8", {"text8.zip": _HUTTER + "text8.zip"}, {"text8": None}),
-    "hutter": Source("hutter", {"enwik9.zip": _HUTTER + "enwik9.zip"}, {"enwik9": None}),
+    # Language-model corpora (masked/causal LM tasks), pinned by the digests their publishers give. enwik8 and
+    # enwik9: the SHA-1 on Matt Mahoney's textdata page (which also gives MD5 a1fa5ffd... / e206c345...).
+    # text8 and WikiText-103: the SHA-1s GluonNLP's dataset classes check downloads against (its WikiText-2
+    # SHA-1s equal those of this project's independent copy of wiki.valid/test.tokens, see the data MANIFEST).
+    "enwik8": Source("enwik8", {"enwik8.zip": _HUTTER + "enwik8.zip"},
+                     {"enwik8": "sha1:57b8363b814821dc9d47aa4d41f58733519076b2"}),
+    "text8": Source("text8", {"text8.zip": _HUTTER + "text8.zip"},
+                    {"text8": "sha1:0dc3edebc970dcc96137e7deda4d9995af9d93de"}),
+    "hutter": Source("hutter", {"enwik9.zip": _HUTTER + "enwik9.zip"},
+                     {"enwik9": "sha1:2996e86fb978f93cca8f566cc56998923e7fe581"}),
     "wikitext103": Source("wikitext-103", {"wikitext-103-v1.zip": _WIKITEXT + "wikitext-103-v1.zip"},
-                          {f"wiki.{split}.tokens": None for split in ("train", "valid", "test")}),
-    # OpenWebText (WebText's open re-creation) in the text layout: lorakit.data.openwebtext reads the shards and
-    # writes webtext/{train,valid,test}.txt; the shards' digests are printed and recorded, not pinned (as above)
-    "openwebtext": Source("webtext", {f"urlsf_subset{i:02d}.tar": f"{_OWT}urlsf_subset{i:02d}.tar" for i in range(21)},
-                          {}, build="openwebtext"),
+                          {"wiki.train.tokens": "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
+                           "wiki.valid.tokens": "sha1:c326ac59dc587676d58c422eb8a03e119582f92b",
+                           "wiki.test.tokens": "sha1:8a5befc548865cec54ed4273cf87dbbad60d1e47"}),
+    # OpenWebText (WebText's open re-creation) in the text layout: lorakit.data.openwebtext reads the release
+    # archive (or, with --from, the same documents in another format) and writes webtext/{train,valid,test}.txt.
+    # The archive's SHA-256 is the one the Hugging Face datasets library checked its download against
+    # (datasets/openwebtext/dataset_infos.json, 12,880,027,468 bytes).
+    "openwebtext": Source(
+        "webtext", {"openwebtext.tar.xz": _OWT + "openwebtext.tar.xz"}, {}, build="openwebtext",
+        extra={"openwebtext.tar.xz": "9fe39d154c5bc67da8c359415372b79510eb1e2edb0d035fe4f7fc3a732b9336"}),
     "e2e": Source("e2e", {name: _E2E + name for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv",
                                                           "testset.csv")},
                   {"trainset.csv": "f27d48df45815288ab15619d47a79028c300fbb7f42e373668aba0b98c1d57c6",
@@ -289,27 +304,37 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _digests(path: Path, algorithms: set[str]) -> dict[str, str]:
+    """The hex digests of ``path`` for each hashlib algorithm named, in one read."""
+    hashers = {name: hashlib.new(name) for name in algorithms}
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            for h in hashers.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashers.items()}
+
+
+def _split_digest(pinned: str) -> tuple[str, str]:
+    """``"sha1:HEX"`` -> ``("sha1", HEX)``; a bare hex string is a SHA-256."""
+    algorithm, _, hexdigest = pinned.rpartition(":")
+    return algorithm or "sha256", hexdigest
 
 
 def _check(path: Path, expected: str | tuple[str, ...] | None, say) -> str:
-    """Check ``path`` against its pinned SHA-256 (``expected``; a tuple: any of them); return the digest seen.
-    Without a pinned digest the file is not checked: a note says so and prints the digest."""
-    actual = _sha256(path)
+    """Check ``path`` against its pinned digest (``expected``: a SHA-256, or ``"sha1:HEX"`` / ``"md5:HEX"``
+    where the publisher gives only those; a tuple: any of them) and return its SHA-256, which the manifest
+    records whatever was pinned. Without a pinned digest the file is not checked: a note says so."""
     accepted = (expected,) if isinstance(expected, str) else expected
+    pins = [_split_digest(d) for d in accepted or ()]
+    seen = _digests(path, {"sha256", *(algorithm for algorithm, _ in pins)})
     if accepted is None:
-        say(f"note: {path.name}: no pinned checksum; sha256 {actual} (not verified against a known digest; "
+        say(f"note: {path.name}: no pinned checksum; sha256 {seen['sha256']} (not verified against a known digest; "
             f"recorded in {MANIFEST})")
-    elif actual not in accepted:
-        raise PrepareError(f"{path}: checksum mismatch (sha256 {actual}, expected {' or '.join(accepted)}); the file "
-                           "is not the official release (damaged download or another version); delete it and try "
-                           "again")
-    return actual
+    elif not any(seen[algorithm] == hexdigest for algorithm, hexdigest in pins):
+        actual = ", ".join(f"{algorithm} {seen[algorithm]}" for algorithm in sorted(seen))
+        raise PrepareError(f"{path}: checksum mismatch ({actual}; expected {' or '.join(accepted)}); the file is not "
+                           "the official release (damaged download or another version); delete it and try again")
+    return seen["sha256"]
 
 
 def _write_manifest(out: Path, task: str, source: str, files: dict[str, dict]) -> None:
@@ -349,16 +374,26 @@ def _download(urls: dict[str, str], into: Path, say) -> None:
         say(f"downloading {url}")
         (into / name).parent.mkdir(parents=True, exist_ok=True)
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                atomic_write(into / name, lambda path, resp=resp: _save_stream(resp, path))
+            with urllib.request.urlopen(urllib.request.Request(url, headers=_HEADERS), timeout=60) as resp:
+                atomic_write(into / name, lambda path, resp=resp, name=name: _save_stream(resp, path, name))
         except OSError as err:
             raise PrepareError(f"download of {url} failed: {err}; retry, or download it yourself and pass "
                                "--from") from err
 
 
-def _save_stream(stream, path: str) -> None:
-    with open(path, "wb") as out:
-        shutil.copyfileobj(stream, out)
+# Some hosts (wikitext.smerity.com) answer Python's default "Python-urllib/3.x" agent with 403 Forbidden.
+_HEADERS = {"User-Agent": f"lorakit/{_VERSION} (lorakit data prepare)"}
+
+
+def _save_stream(stream, path: str, name: str) -> None:
+    """Write a download to ``path`` with a progress bar (on a terminal) sized by its Content-Length."""
+    from tqdm import tqdm
+
+    total = int(stream.headers.get("Content-Length") or 0) or None
+    with open(path, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as bar:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            out.write(chunk)
+            bar.update(len(chunk))
 
 
 def _find(root: Path, name: str) -> Path | None:
@@ -444,8 +479,7 @@ def prepare(task: str, to: str | Path, source: str | Path | None = None, say=pri
             if spec.folder:  # a parent of the task folder, possibly inside an archive's top folder
                 nested = [root / spec.folder, *(p / spec.folder for p in sorted(root.iterdir()) if p.is_dir())]
                 root = next((p for p in nested if p.is_dir()), root)
-        out.mkdir(parents=True, exist_ok=True)
-        _copy_files(task, key, spec, root, out, source is not None, seen, say)
+        _copy_files(task, key, spec, root, out, source is not None, seen, say, tmp)
     if spec.reader:
         _check_readable(spec.reader, out, say)
     _write_manifest(out, key, str(source) if source is not None else "download", seen)
@@ -454,10 +488,10 @@ def prepare(task: str, to: str | Path, source: str | Path | None = None, say=pri
 
 
 def _copy_files(task: str, key: str, spec: Source, root: Path, out: Path, local: bool, seen: dict[str, dict],
-                say) -> None:
-    """Check and copy (or, for MRPC, build) the task's files from ``root`` into ``out``; record each digest seen
-    in ``seen`` (name -> {"sha256", "pinned"})."""
-    built = set()
+                say, scratch: Path) -> None:
+    """Check every file of the task found under ``root`` (for MRPC, built in ``scratch`` first), then copy them
+    into ``out``; record each digest seen in ``seen`` (name -> {"sha256", "pinned"}). Nothing is written to
+    ``out`` unless every file passed its check."""
     if spec.build == "mrpc" and not all(_find(root, n) for n in spec.files):
         inputs = {}
         for name, digest in spec.extra.items():
@@ -467,13 +501,11 @@ def _copy_files(task: str, key: str, spec: Source, root: Path, out: Path, local:
                                    "and GLUE's dev ids (or train.tsv and dev.tsv)")
             _check(found, digest, say)
             inputs[name] = found
-        _build_mrpc(inputs["msr_paraphrase_train.txt"], inputs["dev_ids.tsv"], out)
-        built = set(spec.files)
-    copied = 0
+        root = scratch / "mrpc-built"
+        root.mkdir()
+        _build_mrpc(inputs["msr_paraphrase_train.txt"], inputs["dev_ids.tsv"], root)
+    checked: dict[str, Path] = {}
     for name, digest in spec.files.items():
-        if name in built:
-            seen[name] = {"sha256": _check(out / name, digest, say), "pinned": digest is not None}
-            continue
         found = _find(root, name)
         if found is None:
             optional = ((name.startswith("test") and not spec.reader) or name in spec.optional
@@ -485,28 +517,31 @@ def _copy_files(task: str, key: str, spec: Source, root: Path, out: Path, local:
             raise PrepareError(f"{name} not found under {root}; task {task!r} expects "
                                f"{expected}{f' in {spec.folder}/' if spec.folder else ''}")
         seen[name] = {"sha256": _check(found, digest, say), "pinned": digest is not None}
+        checked[name] = found
+    if spec.partial and not checked:
+        raise PrepareError(f"none of {', '.join(spec.files)} found under {root}")
+    for name, found in checked.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         if found.resolve() != (out / name).resolve():
             atomic_write(out / name, lambda tmp, found=found: shutil.copyfile(found, tmp))  # streamed
-        copied += 1
-    if spec.partial and not copied and not built:
-        raise PrepareError(f"none of {', '.join(spec.files)} found under {root}")
 
 
 def _prepare_openwebtext(spec: Source, to: Path, out: Path, source: str | Path | None, say,
                          holdout: float | None, max_train_docs: int | None) -> Path:
-    """OpenWebText: the shards (downloaded into ``to/openwebtext-shards``, kept, or ``source``: a folder or one
-    file) read by :mod:`lorakit.data.openwebtext` into ``out/{train,valid,test}.txt``. Its digests are not
-    pinned: each input's is printed and, with the written files', recorded in the manifest."""
+    """OpenWebText: the release archive (downloaded into ``to/openwebtext-release``, kept) or ``source`` (a
+    folder or one file) read by :mod:`lorakit.data.openwebtext` into ``out/{train,valid,test}.txt``. The
+    release archive is checked against its pinned digest; other inputs (the Hugging Face shards, unpacked .xz
+    archives, parquet files) have none: their digests are printed. All are recorded in the manifest, with the
+    written files'."""
     from lorakit.data import openwebtext as owt
 
     if source is None:
-        shards = to / "openwebtext-shards"
-        missing = {name: url for name, url in spec.urls.items() if not (shards / name).is_file()}
+        release = to / "openwebtext-release"
+        missing = {name: url for name, url in spec.urls.items() if not (release / name).is_file()}
         if missing:
-            _download(missing, shards, say)  # checks the host first: offline, nothing is created
-        say(f"openwebtext: the shards are kept in {shards} (--from {shards} reuses them)")
-        root = shards
+            _download(missing, release, say)  # checks the host first: offline, nothing is created
+        say(f"openwebtext: the release archive is kept in {release} (--from {release} reuses it)")
+        root = release
     else:
         root = Path(source).expanduser()
         if not root.exists():
@@ -516,15 +551,22 @@ def _prepare_openwebtext(spec: Source, to: Path, out: Path, source: str | Path |
     def check(path: Path) -> None:
         say(f"openwebtext: reading {path}")
         name = path.name if path == root else str(path.relative_to(root))
-        seen[name] = {"sha256": _check(path, None, say), "pinned": False}
+        digest = spec.extra.get(path.name)  # the release archive's; None for the other formats
+        seen[name] = {"sha256": _check(path, digest, say), "pinned": digest is not None}
 
+    created = [p for p in (out, *out.parents) if not p.exists()]  # folders this call creates, innermost first
     try:
         inputs = owt.find_inputs(root)
         out.mkdir(parents=True, exist_ok=True)
         written = owt.write_splits(inputs, out, owt.DEFAULT_HOLDOUT if holdout is None else holdout,
                                    max_train_docs, on_input=check)
-    except owt.OpenWebTextError as err:
-        raise PrepareError(str(err)) from None
+    except BaseException as err:
+        for folder in created:  # a failed call leaves no folder behind (each is empty: nothing was renamed in)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        if isinstance(err, owt.OpenWebTextError):
+            raise PrepareError(str(err)) from None
+        raise
     for split, info in written.items():
         seen[f"{split}.txt"] = {"sha256": info["sha256"], "pinned": False, "documents": info["documents"]}
         say(f"openwebtext {split}: {info['documents']:,} documents")
@@ -541,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task", help=f"one of {', '.join(SOURCES)}")
     p.add_argument("--to", required=True, help="output folder (the task's subfolder is created in it)")
     p.add_argument("--from", dest="source", help="an already-downloaded folder or zip (no network needed); "
-                   "openwebtext: a folder of its tar shards, .xz archives or parquet files, or one such file")
+                   "openwebtext: openwebtext.tar.xz, or a folder of it, of the Hugging Face tar shards, of .xz "
+                   "archives or of parquet files")
     p.add_argument("--holdout", type=float, default=None,
                    help="openwebtext: the fraction of documents for valid and for test each (default 0.0005)")
     p.add_argument("--max-train-docs", type=int, default=None,

@@ -255,7 +255,7 @@ def test_missing_corpus_file_is_a_clear_data_error(tmp_path):
         get_task("mlm_wikitext103").load("valid", tmp_path)
 
 
-def test_lm_corpora_prepare_from_a_local_zip_and_name_a_missing_file(tmp_path, capsys):
+def test_lm_corpora_from_a_local_zip_are_checked_and_a_missing_file_is_named(tmp_path):
     import zipfile
 
     from lorakit.data_prepare import PrepareError, prepare
@@ -265,9 +265,15 @@ def test_lm_corpora_prepare_from_a_local_zip_and_name_a_missing_file(tmp_path, c
     with zipfile.ZipFile(archive, "w") as zf:
         for split in ("train", "valid", "test"):
             zf.writestr(f"wikitext-103/wiki.{split}.tokens", text)
-    out = prepare("wikitext103", tmp_path / "data", archive, say=print)
-    assert out == tmp_path / "data" / "wikitext-103" and "no pinned checksum; sha256" in capsys.readouterr().out
-    assert len(get_task("mlm_wikitext103").load("valid", out)) > 10  # the task reads the prepared folder
+    # WikiText-103's files are pinned: a zip of other text is refused, and nothing is written
+    with pytest.raises(PrepareError, match=r"wiki.train.tokens: checksum mismatch \(sha1 [0-9a-f]{40}, sha256 "
+                                           r"[0-9a-f]{64}; expected sha1:b7497e2d"):
+        prepare("wikitext103", tmp_path / "data", archive, say=print)
+    assert not (tmp_path / "data").exists()
+    folder = tmp_path / "wikitext-103"  # the layout prepare writes, which the task reads
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path)
+    assert len(get_task("mlm_wikitext103").load("valid", folder)) > 10
     with zipfile.ZipFile(tmp_path / "wrong.zip", "w") as zf:
         zf.writestr("enwik9.txt", "not the file")
     with pytest.raises(PrepareError, match="enwik9 not found"):

@@ -1,13 +1,15 @@
 """OpenWebText, the open re-creation of OpenAI's WebText, written as the ``text`` corpus layout
 (``{train,valid,test}.txt``, read by tasks ``text`` and ``mlm_text``).
 
-Canonical source: the Hugging Face dataset ``Skylion007/openwebtext``: 21 tar shards
-``subsets/urlsf_subset00.tar`` ... ``urlsf_subset20.tar``, each holding xz-compressed tar archives
-(``openwebtext/urlsf_subsetNN-M_data.xz``) of one ``.txt`` file per document. Also read: those inner ``.xz``
-archives on their own (a folder where the shards were already unpacked), and parquet files with a ``text``
-column (the dataset's parquet conversion; reading them needs ``pyarrow``). Each document's text gets the rule
-of the dataset's loading script: runs of three or more newlines become two, then surrounding whitespace is
-stripped; empty documents are dropped.
+Canonical source: its authors' release archive ``openwebtext.tar.xz`` (Zenodo record 3834942, 12,880,027,468 bytes,
+SHA-256 pinned by :mod:`lorakit.data_prepare`), an xz-compressed tar of xz-compressed tar archives
+(``openwebtext/urlsf_subsetNN-M_data.xz``) of one ``.txt`` file per document. Also read: the same archives
+regrouped into the 21 tar shards of the Hugging Face dataset ``Skylion007/openwebtext``
+(``subsets/urlsf_subset00.tar`` ... ``urlsf_subset20.tar``), those inner ``.xz`` archives on their own (a folder
+where they were already unpacked), and parquet files with a ``text`` column (the dataset's parquet conversion;
+reading them needs ``pyarrow``, in the ``webtext`` extra). Each document's text gets the rule of the dataset's
+loading script: runs of three or more newlines become two, then surrounding whitespace is stripped; empty documents
+are dropped.
 
 Splits: OpenWebText has a training set only. A document goes to ``test`` when ``u < holdout`` and to
 ``valid`` when ``holdout <= u < 2 * holdout``, else to ``train``, where ``u`` is the first 8 bytes of
@@ -35,8 +37,8 @@ from .errors import DataError
 __all__ = ["DEFAULT_HOLDOUT", "FORMATS", "OpenWebTextError", "find_inputs", "documents", "split_of", "write_splits"]
 
 DEFAULT_HOLDOUT = 0.0005
-FORMATS = {".tar": "tar shards (subsets/urlsf_subsetNN.tar)", ".xz": "unpacked .xz archives",
-           ".parquet": "parquet files with a text column"}
+FORMATS = {".tar.xz": "the release archive openwebtext.tar.xz", ".tar": "tar shards (subsets/urlsf_subsetNN.tar)",
+           ".xz": "unpacked .xz archives", ".parquet": "parquet files with a text column"}
 _BLANK_RUNS = re.compile("\n\n\n+")
 
 
@@ -48,7 +50,7 @@ def find_inputs(root: Path) -> list[Path]:
     """The input files under ``root`` (a folder, searched recursively, or one file), sorted by path: all of one
     format of :data:`FORMATS`. Raises :class:`OpenWebTextError` when there are none or several formats."""
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    by_format = {ext: [p for p in files if p.suffix == ext] for ext in FORMATS}
+    by_format = {ext: [p for p in files if _format(p) == ext] for ext in FORMATS}
     found = {ext: paths for ext, paths in by_format.items() if paths}
     if not found:
         raise OpenWebTextError(f"{root}: no OpenWebText files; expected one of: "
@@ -57,6 +59,11 @@ def find_inputs(root: Path) -> list[Path]:
         raise OpenWebTextError(f"{root} holds {' and '.join(f'*{ext}' for ext in found)} files; give a folder with "
                                "one format only (the tar shards, or what was unpacked from them, not both)")
     return next(iter(found.values()))
+
+
+def _format(path: Path) -> str:
+    """The key of :data:`FORMATS` a file belongs to (``.tar.xz`` before ``.xz``), or its plain suffix."""
+    return ".tar.xz" if path.name.endswith(".tar.xz") else path.suffix
 
 
 def _normalize(text: str) -> str:
@@ -101,22 +108,25 @@ def _parquet_documents(path: Path) -> Iterator[str]:
 
 
 def documents(path: Path) -> Iterator[str]:
-    """The normalised, non-empty documents of one input file (a tar shard, an ``.xz`` archive or a parquet
-    file), in file order."""
-    readers = {".parquet": _parquet_documents, ".xz": _xz_file_documents, ".tar": _tar_documents}
-    for text in readers[path.suffix](path):
+    """The normalised, non-empty documents of one input file (the release archive, a tar shard, an ``.xz``
+    archive or a parquet file), in file order."""
+    readers = {".parquet": _parquet_documents, ".xz": _xz_file_documents, ".tar": _tar_documents,
+               ".tar.xz": _tar_documents}
+    for text in readers[_format(path)](path):
         text = _normalize(text)
         if text:
             yield text
 
 
 def _tar_documents(path: Path) -> Iterator[str]:
+    """The documents of a tar of ``.xz`` archives: a shard (plain tar) or the release archive (xz-compressed:
+    ``r|*`` reads either), streamed member by member."""
     try:
-        with tarfile.open(path, mode="r|") as outer:
+        with tarfile.open(path, mode="r|*") as outer:
             for member in outer:
                 if member.isfile() and member.name.endswith(".xz"):
                     yield from _xz_documents(outer.extractfile(member).read(), f"{path}:{member.name}")
-    except tarfile.TarError as err:
+    except (tarfile.TarError, lzma.LZMAError, EOFError) as err:
         raise OpenWebTextError(f"{path}: not a readable tar file ({err}); download it again") from None
 
 
