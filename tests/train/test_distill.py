@@ -67,6 +67,16 @@ def test_distill_run_from_a_teacher_workdir_and_label_space_mismatch(tmp_path, k
     per_block = sum(p.numel() for p in teacher.encoder.encoder.layer[0].parameters())
     assert results["parameters"]["total"] == teacher_results["parameters"]["total"] - 2 * per_block
     assert results["method"] == "distill" and math.isfinite(results["final"]["acc"])
+    # the report's "% of encoder": the student's trainable parameters (no head) over the teacher's encoder
+    from lorakit.train.report import collect_runs, markdown_report, summarise
+
+    head = results["parameters"]["head"]
+    teacher_encoder = teacher_results["parameters"]["total"] - teacher_results["parameters"]["head"]
+    assert results["parameters"]["teacher_encoder"] == teacher_encoder  # full FT teacher: all of it trains
+    student_row = next(line for line in markdown_report(summarise(collect_runs([tmp_path / "student"]))).splitlines()
+                       if line.startswith("| Distillation"))
+    pct = 100.0 * (results["parameters"]["total"] - head) / teacher_encoder
+    assert f"| {round(pct, 3):g}% |" in student_row and 50 < pct < 100
 
     # the teacher learned the quickstart task (classes); STS-B has 1 output
     stsb = kit.tiny_config(glue_data, task={"name": "stsb"}, model={"architecture": arch3}, method=method)

@@ -320,14 +320,15 @@ def _teacher_model(task: Any, cfg: Section, say: Callable[[str], None]) -> nn.Mo
     except ModelLoadError:
         teacher_tokenizer = None
     try:
-        if teacher_tokenizer is not None:
-            check_vocabulary(teacher_tokenizer, load_tokenizer(cfg.model), source)
-        else:
-            say(f"note: distill: the teacher {source} has no tokenizer; assumed to share the student's vocabulary")
-        return load_model_teacher(source, task.model_kind, task.name, task.num_labels, labels, say)
+        teacher = load_model_teacher(source, task.model_kind, task.name, task.num_labels, labels, say)
     except ModelLoadError as err:
         raise TrainingError(f"method.teacher: {source} is neither a finished lorakit run (no checkpoints/ folder) "
                             f"nor a loadable model: {err}") from None
+    if teacher_tokenizer is not None:
+        check_vocabulary(teacher_tokenizer, load_tokenizer(cfg.model), source)
+    else:
+        say(f"note: distill: the teacher {source} has no tokenizer; assumed to share the student's vocabulary")
+    return teacher
 
 
 def _distilling(task: Any, teacher: nn.Module, cfg: Section) -> Any:

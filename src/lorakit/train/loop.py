@@ -265,7 +265,7 @@ def finish(run: Run, t_start: float, train_time: float) -> dict[str, Any]:
         "main_metric": _main_metric(cfg, run.task), "steps": state.step, "total_steps": run.total_steps,
         "stopped_early": state.stopped_early, "baseline": state.baseline, "final": final, "averaged": averaged,
         "best": {"step": state.best_step, "value": state.best_metric}, "init_from": run.init_info,
-        "parameters": _with_stored_count(run.params, run.model, cfg),
+        "parameters": _with_method_counts(run.params, run.model, run.task, cfg),
         "adapter_bytes": run_dir.file_size(kept[-1].path, ckpt.MODEL_FILE) if kept else None,
         "wall_time_s": time.time() - t_start, "train_time_s": train_time,
         "world_size": dinfo.world_size, "device": dinfo.device.type, "versions": run_dir.versions(),
@@ -306,13 +306,19 @@ class _Window:
                 "tokens_per_s": self.tokens / max(time.time() - self.t, 1e-9), "epoch": step / max(steps_per_epoch, 1)}
 
 
-def _with_stored_count(params: dict[str, Any], model: nn.Module, cfg: Section) -> dict[str, Any]:
-    """``prune`` runs add ``stored_nonzero``: the parameters a sparse copy of the final model stores."""
-    if cfg.method.name != "prune":
-        return params
-    from lorakit.pruning import nonzero_parameters
+def _with_method_counts(params: dict[str, Any], model: nn.Module, task: Any, cfg: Section) -> dict[str, Any]:
+    """``prune`` runs add ``stored_nonzero``: the parameters a sparse copy of the final model stores;
+    ``distill`` runs add ``teacher_encoder``: the teacher's encoder parameters (head and inserted ones
+    excluded), what the student's size is reported against."""
+    if cfg.method.name == "prune":
+        from lorakit.pruning import nonzero_parameters
 
-    return {**params, "stored_nonzero": nonzero_parameters(model)}
+        return {**params, "stored_nonzero": nonzero_parameters(model)}
+    if cfg.method.name == "distill":
+        from lorakit.distill import encoder_parameters
+
+        return {**params, "teacher_encoder": encoder_parameters(task.teacher)}
+    return params
 
 
 def _stop_on_nonfinite(run: Run, step_loss: float, step: int) -> None:

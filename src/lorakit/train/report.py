@@ -53,7 +53,8 @@ class RunRecord:
     trainable: int
     head: int | None  # parameters of the head (None: no checkpoint to read them from)
     adapter: int | None  # LoRA factors (0 for full / head-only)
-    encoder: int | None  # pretrained encoder parameters, head and inserted parameters (LoRA, adapters) excluded
+    encoder: int | None  # pretrained encoder parameters, head and inserted parameters (LoRA, adapters) excluded;
+    # for a distilled student, its teacher's encoder: "% of encoder" is then the student's size against it
     wall_time_s: float | None
     steps: int | None
     command: str
@@ -168,6 +169,8 @@ def read_run(workdir: str | Path) -> RunRecord:
     if "inserted" in params and "head" in params:  # exact counts of the run (adapters and prefixes included)
         head, adapter = int(params["head"]), int(params["inserted"])
         encoder = total - head - adapter
+    if "teacher_encoder" in params:  # method distill: the student is measured against the model it replaces
+        encoder = int(params["teacher_encoder"])
     return RunRecord(
         workdir=workdir, task=str(res.get("task") or (cfg.get("task") or {}).get("name")),
         method=method_label(cfg), seed=int((cfg.get("training") or {}).get("seed", 0)), metric=metric,
