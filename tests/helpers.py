@@ -88,3 +88,43 @@ def flip_header(path) -> None:
 def latin1_file(path, old: str = "a") -> None:
     text = path.read_text(encoding="utf-8")
     path.write_bytes(text.replace(old, old + "\u00e9", 1).encode("latin-1"))
+
+
+# A tiny random GPT-2 that keeps GPT-2's real vocabulary (and so its real tokenizer), without dropout.
+TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32, "n_layer": 2,
+             "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 50256,
+             "eos_token_id": 50256}
+
+
+def merge_sections(raw: dict, sections: dict[str, Any]) -> dict:
+    """``raw`` with each of ``sections`` merged in: a dict into the section of that name (key by key), anything
+    else in its place. ``sections`` are copied, so a caller's dicts are never shared with the config."""
+    import copy
+
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(raw.get(name), dict):
+            raw[name] = {**raw[name], **copy.deepcopy(values)}
+        else:
+            raw[name] = copy.deepcopy(values)
+    return raw
+
+
+def tiny_e2e_raw_config(**sections: Any) -> dict:
+    """A raw experiment config of a few seconds: LoRA on :data:`TINY_GPT2` with the GPT-2 tokenizer, on 8
+    training and 2 dev MRs of the shared E2E data, greedy 2-token generation; ``sections`` as in
+    :func:`merge_sections`."""
+    raw = {
+        "model": {"architecture": dict(TINY_GPT2), "tokenizer": str(need(shared_data() / "gpt2-vocab"))},
+        "method": {"name": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]},
+        "task": {"name": "e2e"},
+        "data": {"dir": str(need(shared_data() / "e2e")), "max_length": 96, "max_prompt_length": 48,
+                 "max_train_examples": 8, "max_eval_examples": 2},
+        "generation": {"num_beams": 1, "strategy": "greedy", "max_new_tokens": 2, "metrics": "fast"},
+        "optimizer": {"lr": 1e-2},
+        "schedule": {"warmup_steps": 1},
+        "training": {"batch_size": 4, "max_steps": 2, "checkpoint_every": 2, "keep_last": 1, "seed": 3,
+                     "label_smoothing": 0.1},
+        "evaluation": {"every": 100, "average_last": 1, "batch_size": 2, "baseline": False},
+        "logging": {"every": 1, "progress_bar": False, "tensorboard": False, "plots": False},
+    }
+    return merge_sections(raw, sections)

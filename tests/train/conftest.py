@@ -4,14 +4,13 @@ the repository's quickstart data, small slices of the shared GLUE data."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import minilm_folder, shared_data
+from helpers import merge_sections, minilm_folder, shared_data
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART_DATA = REPO / "data" / "quickstart"
@@ -29,7 +28,8 @@ TINY_BERT = {
 
 
 def tiny_raw_config(data_dir: Path | str = QUICKSTART_DATA, **sections: Any) -> dict:
-    """A config for a run of a few seconds; ``sections`` are merged into the defaults section by section."""
+    """A config for a run of a few seconds; ``sections`` are merged into the defaults section by section
+    (:func:`helpers.merge_sections`)."""
     raw: dict[str, Any] = {
         "model": {"architecture": dict(TINY_BERT), "tokenizer": str(MINILM), "classifier_dropout": 0.0},
         "method": {"name": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]},
@@ -41,12 +41,7 @@ def tiny_raw_config(data_dir: Path | str = QUICKSTART_DATA, **sections: Any) -> 
         "evaluation": {"every": 4, "average_last": 2, "batch_size": 32},
         "logging": {"every": 2, "progress_bar": False, "tensorboard": False, "plots": False},
     }
-    for name, values in sections.items():
-        if isinstance(values, dict) and isinstance(raw.get(name), dict):
-            raw[name] = {**raw[name], **copy.deepcopy(values)}
-        else:
-            raw[name] = copy.deepcopy(values)
-    return raw
+    return merge_sections(raw, sections)
 
 
 def tiny_config(data_dir: Path | str = QUICKSTART_DATA, **sections: Any):

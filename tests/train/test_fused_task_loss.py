@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import need, randomize_lora, shared_data
+from helpers import randomize_lora, tiny_e2e_raw_config
 
 import lorakit
 from lorakit.train.tasks.lm import get_lm_task
@@ -48,27 +48,7 @@ def test_task_loss_through_fused_path_equals_the_logits_path(task, tiny_gpt2, mo
 # training.fused_loss / training.loss_chunk_size: from the config through the loop
 # ----------------------------------------------------------------------------------------------------------
 
-TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32, "n_layer": 2,
-             "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 50256,
-             "eos_token_id": 50256}
-
-
-def _e2e_raw(architecture: dict | None = None, **training) -> dict:
-    tokenizer = str(need(shared_data() / "gpt2-vocab"))
-    return {
-        "model": {"architecture": dict(architecture or TINY_GPT2), "tokenizer": tokenizer},
-        "method": {"name": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
-        "task": {"name": "e2e"},
-        "data": {"dir": str(need(shared_data() / "e2e")), "max_length": 96, "max_prompt_length": 48,
-                 "max_train_examples": 8, "max_eval_examples": 2},
-        "generation": {"num_beams": 1, "strategy": "greedy", "max_new_tokens": 2, "metrics": "fast"},
-        "optimizer": {"lr": 1e-2},
-        "schedule": {"warmup_steps": 1},
-        "training": {"batch_size": 4, "max_steps": 2, "checkpoint_every": 2, "keep_last": 1, "seed": 3,
-                     "label_smoothing": 0.1, **training},
-        "evaluation": {"every": 100, "average_last": 1, "batch_size": 2, "baseline": False},
-        "logging": {"every": 1, "progress_bar": False, "tensorboard": False, "plots": False},
-    }
+ALL_LINEAR = {"target_modules": "all-linear"}
 
 
 def _losses(workdir) -> list[float]:
@@ -89,9 +69,10 @@ def test_fused_loss_key_reaches_the_loop_and_true_equals_false(tmp_path, kit, mo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lorakit.losses, "linear_cross_entropy", spy)
-    kit.run(validate(_e2e_raw(fused_loss=False)), tmp_path / "logits")
+    kit.run(validate(tiny_e2e_raw_config(method=ALL_LINEAR, training={"fused_loss": False})), tmp_path / "logits")
     assert calls == [], "training.fused_loss false still used the fused loss"
-    kit.run(validate(_e2e_raw(fused_loss=True, loss_chunk_size=7)), tmp_path / "fused")
+    fused = tiny_e2e_raw_config(method=ALL_LINEAR, training={"fused_loss": True, "loss_chunk_size": 7})
+    kit.run(validate(fused), tmp_path / "fused")
     assert calls and set(calls) == {7}, "training.fused_loss true / loss_chunk_size did not reach the loss"
 
     plain, fused = _losses(tmp_path / "logits"), _losses(tmp_path / "fused")
@@ -113,7 +94,8 @@ def test_fused_loss_true_on_a_model_it_cannot_run_stops_before_training(tmp_path
            "num_layers": 2, "num_heads": 2, "attention_types": [[["global"], 2]], "bos_token_id": 50256,
            "eos_token_id": 50256}
     with pytest.raises(TrainingError) as err:
-        kit.run(validate(_e2e_raw(neo, fused_loss=True)), tmp_path / "run")
+        kit.run(validate(tiny_e2e_raw_config(model={"architecture": neo}, method=ALL_LINEAR,
+                                                training={"fused_loss": True})), tmp_path / "run")
     msg = str(err.value)
     assert "training.fused_loss" in msg and "GPTNeoForCausalLM" in msg and "'gpt_neo'" in msg and "false" in msg
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

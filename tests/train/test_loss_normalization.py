@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import gpt2_tokenizer, need, randomize_lora, shared_data
+from helpers import TINY_GPT2, gpt2_tokenizer, need, randomize_lora, shared_data, tiny_e2e_raw_config
 
 import lorakit
 from lorakit.train import distributed as D
@@ -19,10 +19,6 @@ from lorakit.train.loop import _forward_backward
 from lorakit.train.tasks import get_task
 
 E2E = shared_data() / "e2e"
-TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32, "n_layer": 2,
-             "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 50256,
-             "eos_token_id": 50256}
-
 
 @pytest.fixture(scope="module")
 def e2e_items():
@@ -91,21 +87,7 @@ def test_label_tokens_are_counted_after_the_shift_with_label_smoothing_in_the_su
 
 
 def _e2e_config(**training):
-    raw = {
-        "model": {"architecture": dict(TINY_GPT2), "tokenizer": str(need(shared_data() / "gpt2-vocab"))},
-        "method": {"name": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]},
-        "task": {"name": "e2e"},
-        "data": {"dir": str(need(E2E)), "max_length": 96, "max_prompt_length": 48, "max_train_examples": 8,
-                 "max_eval_examples": 2},
-        "generation": {"num_beams": 1, "strategy": "greedy", "max_new_tokens": 2, "metrics": "fast"},
-        "optimizer": {"lr": 1e-2},
-        "schedule": {"warmup_steps": 1},
-        "training": {"batch_size": 8, "max_steps": 3, "checkpoint_every": 3, "keep_last": 1, "seed": 3,
-                     "label_smoothing": 0.1, **training},
-        "evaluation": {"every": 100, "average_last": 1, "batch_size": 2, "baseline": False},
-        "logging": {"every": 1, "progress_bar": False, "tensorboard": False, "plots": False},
-    }
-    return raw
+    return tiny_e2e_raw_config(training={"batch_size": 8, "max_steps": 3, "checkpoint_every": 3, **training})
 
 
 @pytest.mark.parametrize("variant", [{"training": {"grad_accumulation": 4}}, {"data": {"packing": True}}])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import gpt2_tokenizer, need, shared_data
+from helpers import TINY_GPT2, gpt2_tokenizer, need, shared_data
 
 from lorakit.train.config import validate
 from lorakit.train.tasks import DataError, get_task
@@ -23,10 +23,6 @@ DATA = shared_data()
 GPT2_VOCAB = DATA / "gpt2-vocab"
 E2E = DATA / "e2e"
 WEBNLG = DATA / "webnlg_challenge_2017"
-
-TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 128, "n_embd": 32, "n_layer": 2,
-             "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 50256,
-             "eos_token_id": 50256}
 
 
 @pytest.fixture(scope="module")
