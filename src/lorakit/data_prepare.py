@@ -356,7 +356,8 @@ def _write_manifest(out: Path, task: str, source: str, files: dict[str, dict]) -
 def _reachable(url: str, timeout: float = 3.0) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "", parsed.port or 443), timeout=timeout):
+        port = parsed.port or (80 if parsed.scheme == "http" else 443)
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
             return True
     except OSError:
         return False
