@@ -1,6 +1,7 @@
-"""``lorakit data prepare openwebtext`` and ``data/prepare_webtext.sh``: OpenWebText's shard layout (tar of xz
-tars of one .txt per document) built here from real WikiText-2 text, the split rule against a hand computation,
-unpinned digests printed and recorded, the same output from every input format, clear failures."""
+"""``lorakit data prepare openwebtext`` and ``data/prepare_webtext.sh``: OpenWebText's layouts (the release's xz
+tar and the Hugging Face tar shards of xz tars of one .txt per document, parquet) built here from real WikiText-2
+text, the split rule against a hand computation, the release archive checked against its pinned digest and the
+shards' digests printed and recorded, the same output from every input format, clear failures."""
 
 from __future__ import annotations
 
