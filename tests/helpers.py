@@ -128,3 +128,44 @@ def tiny_e2e_raw_config(**sections: Any) -> dict:
         "logging": {"every": 1, "progress_bar": False, "tensorboard": False, "plots": False},
     }
     return merge_sections(raw, sections)
+
+
+class LocalHTTPServer:
+    """A real HTTP server on 127.0.0.1 serving ``directory`` in a thread, for download code: ``url(name)``,
+    ``agents`` (the User-Agent of each request). Like some data hosts, it can answer an agent that starts with
+    ``refuse_agent`` with 403 Forbidden. Use as a context manager."""
+
+    def __init__(self, directory: Path, refuse_agent: str | None = None):
+        import http.server
+
+        self.agents: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(directory), **kwargs)
+
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                server.agents.append(self.headers.get("User-Agent", ""))
+                if refuse_agent and server.agents[-1].startswith(refuse_agent):
+                    self.send_error(403)
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def url(self, name: str = "") -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/{name}"
+
+    def __enter__(self) -> LocalHTTPServer:
+        import threading
+
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

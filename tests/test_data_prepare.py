@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import shared_data
+from helpers import LocalHTTPServer, shared_data
 
 from lorakit import data_prepare as dp
 from lorakit.cli import main as cli_main
@@ -178,42 +178,39 @@ def test_e2e_damaged_file_fails_and_offline_nlg_downloads_say_what_to_fetch(tmp_
     assert cli_main(["data", "prepare", "dart", "--to", str(tmp_path)]) == 1
 
 
-def test_downloads_name_lorakit_as_the_agent_and_a_refused_one_says_what_to_do(tmp_path):
+def test_downloads_name_lorakit_as_the_agent_and_a_failed_one_leaves_no_file(tmp_path):
     """A real HTTP server on localhost that, like wikitext.smerity.com, refuses Python's default agent."""
-    import http.server
-    import threading
-
     (tmp_path / "site").mkdir()
     payload = bytes(range(256)) * 5000
     (tmp_path / "site" / "corpus.zip").write_bytes(payload)
-    agents: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(tmp_path / "site"), **kwargs)
-
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            agents.append(self.headers.get("User-Agent", ""))
-            if agents[-1].startswith("Python-urllib"):
-                self.send_error(403)
-                return
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
-    try:
+    with LocalHTTPServer(tmp_path / "site", refuse_agent="Python-urllib") as server:
         notes: list[str] = []
-        dp._download({"corpus.zip": base + "corpus.zip"}, tmp_path / "got", notes.append)
+        dp._download({"corpus.zip": server.url("corpus.zip")}, tmp_path / "got", notes.append)
         assert (tmp_path / "got" / "corpus.zip").read_bytes() == payload
-        assert agents == [f"lorakit/{dp._VERSION} (lorakit data prepare)"]
-        assert notes == [f"downloading {base}corpus.zip"]
+        assert server.agents == [f"lorakit/{dp._VERSION} (lorakit data prepare)"]
+        assert notes == [f"downloading {server.url('corpus.zip')}"]
         with pytest.raises(dp.PrepareError, match=r"download of .*/missing.zip failed: HTTP Error 404.*--from"):
-            dp._download({"missing.zip": base + "missing.zip"}, tmp_path / "got", notes.append)
-        assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["corpus.zip"]  # no partial file
-    finally:
-        server.shutdown()
-        server.server_close()
+            dp._download({"missing.zip": server.url("missing.zip")}, tmp_path / "got", notes.append)
+    assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["corpus.zip"]  # no partial file
+
+
+def test_a_download_is_unpacked_checked_against_its_pin_and_recorded(tmp_path, monkeypatch):
+    """The path a user with internet takes (download, unzip, check, copy, manifest), served from localhost: a
+    task source like the LM corpora's, a zip holding one pinned file."""
+    text = (SHARED / "wikitext-2" / "valid.txt").read_bytes()
+    (tmp_path / "site").mkdir()
+    with zipfile.ZipFile(tmp_path / "site" / "corpus.zip", "w") as zf:
+        zf.writestr("corpus/wiki.valid.tokens", text)
+    with LocalHTTPServer(tmp_path / "site") as server:
+        source = dp.Source("corpus", {"corpus.zip": server.url("corpus.zip")},
+                           {"wiki.valid.tokens": "sha1:0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422"})  # GluonNLP's
+        monkeypatch.setitem(dp.SOURCES, "corpus", source)
+        out = dp.prepare("corpus", tmp_path / "data", say=lambda _m: None)
+        assert (out / "wiki.valid.tokens").read_bytes() == text
+        entry = json.loads((out / dp.MANIFEST).read_text())["files"]["wiki.valid.tokens"]
+        assert entry["pinned"] is True and entry["source"] == "download"
+        wrong_pin = dp.Source("corpus", source.urls, {"wiki.valid.tokens": "sha1:" + "0" * 40})
+        monkeypatch.setitem(dp.SOURCES, "corpus", wrong_pin)
+        with pytest.raises(dp.PrepareError, match="wiki.valid.tokens: checksum mismatch"):
+            dp.prepare("corpus", tmp_path / "again", say=lambda _m: None)
+    assert not (tmp_path / "again").exists()

@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import REPO, need, shared_data
+from helpers import REPO, LocalHTTPServer, need, shared_data
 
 from lorakit import data_prepare as dp
 from lorakit.cli import main as cli_main
@@ -138,6 +138,27 @@ def test_the_release_archive_reads_like_the_shards_and_a_copy_that_differs_from_
                                               rf"expected {pinned}\)"):
         dp.prepare("openwebtext", tmp_path / "c", tmp_path / "release", say=lambda _m: None, holdout=0.1)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_release_is_downloaded_once_checked_against_its_pin_and_kept(tmp_path, monkeypatch):
+    """The path a user with internet takes, served from localhost: the pin is this sample archive's digest."""
+    owt, xz_dir = _shards(tmp_path, _documents())
+    from_shards = dp.prepare("openwebtext", tmp_path / "a", owt, say=lambda _m: None, holdout=0.1)
+    (tmp_path / "site").mkdir()
+    archive = _release_archive(tmp_path / "site" / "openwebtext.tar.xz", xz_dir)
+    with LocalHTTPServer(tmp_path / "site") as server:
+        release = dp.Source("webtext", {"openwebtext.tar.xz": server.url("openwebtext.tar.xz")}, {},
+                            build="openwebtext",
+                            extra={"openwebtext.tar.xz": hashlib.sha256(archive.read_bytes()).hexdigest()})
+        monkeypatch.setitem(dp.SOURCES, "openwebtext", release)
+        out = dp.prepare("openwebtext", tmp_path / "data", say=lambda _m: None, holdout=0.1)
+        kept = tmp_path / "data" / "openwebtext-release" / "openwebtext.tar.xz"
+        assert kept.read_bytes() == archive.read_bytes() and len(server.agents) == 1
+        for split in ("train", "valid", "test"):
+            assert (out / f"{split}.txt").read_bytes() == (from_shards / f"{split}.txt").read_bytes()
+        assert json.loads((out / dp.MANIFEST).read_text())["files"]["openwebtext.tar.xz"]["pinned"] is True
+        dp.prepare("openwebtext", tmp_path / "data", say=lambda _m: None, holdout=0.1)  # a rerun reuses it
+        assert len(server.agents) == 1
 
 
 def test_max_train_docs_stops_early_and_a_too_small_holdout_writes_nothing(tmp_path):
