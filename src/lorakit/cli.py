@@ -34,7 +34,7 @@ register("generate", "lorakit.train.commands:generate_main",
          "predict a split with a trained run: predictions, references and metrics JSON")
 register("inspect", "lorakit.train.commands:inspect_main", "parameters, ranks and adapter size, without training")
 register("report", "lorakit.train.report", "method x task table (median, mean +- std over seeds) as Markdown and PNG")
-register("data", "lorakit.data_prepare", "data prepare TASK --to DIR [--from PATH]: fetch a task's files, checked")
+register("data", "lorakit.data.prepare", "data prepare TASK --to DIR [--from PATH]: fetch a task's files, checked")
 register("lm-eval", "lorakit.lm_eval", "perplexity, bits per char/byte of an LM on a text corpus (--mlm: pseudo-ppl)")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorakit import data_prepare as dp
+from lorakit.data import prepare as dp
 from lorakit.train.config import validate
 from lorakit.train.tasks import DataError, get_task
 

@@ -258,7 +258,7 @@ def test_missing_corpus_file_is_a_clear_data_error(tmp_path):
 def test_lm_corpora_from_a_local_zip_are_checked_and_a_missing_file_is_named(tmp_path):
     import zipfile
 
-    from lorakit.data_prepare import PrepareError, prepare
+    from lorakit.data.prepare import PrepareError, prepare
 
     text = need(WIKITEXT / "valid.txt").read_text(encoding="utf-8")[:5000]
     archive = tmp_path / "wikitext-103-v1.zip"

@@ -2,7 +2,7 @@
 (``{train,valid,test}.txt``, read by tasks ``text`` and ``mlm_text``).
 
 Canonical source: its authors' release archive ``openwebtext.tar.xz`` (Zenodo record 3834942, 12,880,027,468 bytes,
-SHA-256 pinned by :mod:`lorakit.data_prepare`), an xz-compressed tar of xz-compressed tar archives
+SHA-256 pinned by :mod:`lorakit.data.prepare`), an xz-compressed tar of xz-compressed tar archives
 (``openwebtext/urlsf_subsetNN-M_data.xz``) of one ``.txt`` file per document. Also read: the same archives
 regrouped into the 21 tar shards of the Hugging Face dataset ``Skylion007/openwebtext``
 (``subsets/urlsf_subset00.tar`` ... ``urlsf_subset20.tar``), those inner ``.xz`` archives on their own (a folder

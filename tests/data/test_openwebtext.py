@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, LocalHTTPServer, need, shared_data
 
-from lorakit import data_prepare as dp
+from lorakit.data import prepare as dp
 from lorakit.cli import main as cli_main
 
 
