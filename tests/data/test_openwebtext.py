@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, LocalHTTPServer, need, shared_data
 
-from lorakit.data import prepare as dp
 from lorakit.cli import main as cli_main
+from lorakit.data import prepare as dp
 
 
 def _documents() -> list[str]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import LocalHTTPServer, shared_data
 
-from lorakit.data import prepare as dp
 from lorakit.cli import main as cli_main
+from lorakit.data import prepare as dp
 
 SHARED = shared_data()
 GLUE = SHARED / "glue"
