@@ -78,3 +78,30 @@ def test_errors_print_one_line_and_debug_shows_the_traceback(capsys, tmp_path):
             cli.main(["fails-unexpectedly", "--debug"])
     finally:
         del cli.COMMANDS["fails-unexpectedly"]
+
+
+def test_dependency_start_up_noise_is_dropped_and_other_warnings_pass(caplog):
+    import logging
+
+    cli._drop_dependency_noise()
+    torchao, pytree = logging.getLogger("torchao"), logging.getLogger("torch.utils._pytree")
+    with caplog.at_level(logging.WARNING):
+        torchao.warning("Failed to load /x/torchao/_C_mxfp8.so: Could not load this library")
+        pytree.warning("<enum 'KernelPreference'> is an Enum subclass and is now natively supported")
+        torchao.warning("a torchao warning about the user's model")
+        pytree.warning("another pytree warning")
+    assert [r.getMessage() for r in caplog.records] == ["a torchao warning about the user's model",
+                                                        "another pytree warning"]
+
+
+def test_main_py_in_a_fresh_process_shows_no_dependency_noise():
+    """inspect builds the real MiniLM model: transformers imports torchao (installed here), whose import logs
+    the warnings the dispatcher drops; ``--debug`` keeps them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    runs = {flag: subprocess.run([sys.executable, str(ROOT / "main.py"), "inspect", "configs/quickstart.json", *flag],
+                                 capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+            for flag in ((), ("--debug",))}
+    quiet, debug = runs[()], runs[("--debug",)]
+    assert quiet.returncode == 0 and debug.returncode == 0 and "attention.self.query: r=8" in quiet.stdout
+    assert "Enum subclass" not in quiet.stderr and "Failed to load" not in quiet.stderr
+    assert "Enum subclass" in debug.stderr  # the noise exists, and only the filter removes it

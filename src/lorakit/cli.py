@@ -48,6 +48,20 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# Start-up warnings of dependencies that say nothing about the user's run: transformers imports torchao
+# whenever it is installed (the `quant` extra), and torchao then reports its CUDA-only kernels as not loadable on
+# a CPU build, and torch deprecates how torchao registers two enums. Dropped unless --debug.
+_DEPENDENCY_NOISE = {"torchao": ("Failed to load ",), "torch.utils._pytree": ("is an Enum subclass",)}
+
+
+def _drop_dependency_noise() -> None:
+    import logging
+
+    for logger_name, starts in _DEPENDENCY_NOISE.items():
+        logging.getLogger(logger_name).addFilter(
+            lambda record, starts=starts: not any(s in record.getMessage() for s in starts))
+
+
 def main(argv: list[str] | None = None, default: str | None = None) -> int:
     """Run ``argv[0]``'s subcommand on the rest; return its exit status. With ``default`` (``main.py``: train),
     arguments that do not start with a subcommand name all go to that subcommand."""
@@ -63,6 +77,8 @@ def main(argv: list[str] | None = None, default: str | None = None) -> int:
         return 2
     debug = "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
+    if not debug:
+        _drop_dependency_noise()
     module_name, _, function = COMMANDS[name][0].partition(":")
     try:
         command = getattr(importlib.import_module(module_name), function or "main")
