@@ -151,7 +151,11 @@ def write_splits(inputs: list[Path], out: Path, holdout: float = DEFAULT_HOLDOUT
     stats = {split: {"documents": 0, "sha256": hashlib.sha256()} for split in ("train", "valid", "test")}
 
     def fill(paths: dict[str, str]) -> None:
+        from tqdm import tqdm
+
         handles = {split: open(p, "wb") for split, p in paths.items()}  # noqa: SIM115 (closed below)
+        # the full corpus is about 8M documents read over an hour or more: a counter on a terminal
+        bar = tqdm(desc="openwebtext", unit=" documents", total=max_train_docs, disable=None)
         try:
             for path in inputs:
                 if max_train_docs is not None and stats["train"]["documents"] >= max_train_docs:
@@ -163,9 +167,11 @@ def write_splits(inputs: list[Path], out: Path, holdout: float = DEFAULT_HOLDOUT
                     handles[split].write(data)
                     stats[split]["sha256"].update(data)
                     stats[split]["documents"] += 1
+                    bar.update(1 if max_train_docs is None or split == "train" else 0)  # the limit counts train
                     if split == "train" and stats["train"]["documents"] == max_train_docs:
                         break
         finally:
+            bar.close()
             for fh in handles.values():
                 fh.close()
         empty = [s for s, v in stats.items() if not v["documents"]]
