@@ -84,6 +84,7 @@ def test_dependency_start_up_noise_is_dropped_and_other_warnings_pass(caplog):
     import logging
 
     cli._drop_dependency_noise()
+    cli._drop_dependency_noise()  # every dispatch calls it; the filter is added once
     torchao, pytree = logging.getLogger("torchao"), logging.getLogger("torch.utils._pytree")
     with caplog.at_level(logging.WARNING):
         torchao.warning("Failed to load /x/torchao/_C_mxfp8.so: Could not load this library")
@@ -92,6 +93,7 @@ def test_dependency_start_up_noise_is_dropped_and_other_warnings_pass(caplog):
         pytree.warning("another pytree warning")
     assert [r.getMessage() for r in caplog.records] == ["a torchao warning about the user's model",
                                                         "another pytree warning"]
+    assert len(torchao.filters) == 1 and len(pytree.filters) == 1
 
 
 def test_main_py_in_a_fresh_process_shows_no_dependency_noise():

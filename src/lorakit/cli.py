@@ -54,12 +54,18 @@ def _usage() -> str:
 _DEPENDENCY_NOISE = {"torchao": ("Failed to load ",), "torch.utils._pytree": ("is an Enum subclass",)}
 
 
+def _drop_noise(record, starts: tuple[str, ...]) -> bool:
+    return not any(s in record.getMessage() for s in starts)
+
+
 def _drop_dependency_noise() -> None:
+    import functools
     import logging
 
     for logger_name, starts in _DEPENDENCY_NOISE.items():
-        logging.getLogger(logger_name).addFilter(
-            lambda record, starts=starts: not any(s in record.getMessage() for s in starts))
+        logger = logging.getLogger(logger_name)
+        if not any(getattr(f, "func", None) is _drop_noise for f in logger.filters):  # once per process
+            logger.addFilter(functools.partial(_drop_noise, starts=starts))
 
 
 def main(argv: list[str] | None = None, default: str | None = None) -> int:
