@@ -79,7 +79,7 @@ def test_a_sha1_pin_is_checked_and_the_manifest_still_records_the_sha256():
 
 def test_every_lm_corpus_file_is_pinned_with_a_digest_of_its_algorithms_length():
     lengths = {"sha256": 64, "sha1": 40}
-    for task in ("enwik8", "text8", "hutter", "wikitext103"):
+    for task in ("enwik8", "text8", "hutter", "wikitext", "wikitext103", "shakespeare"):
         for name, pinned in dp.SOURCES[task].files.items():
             assert pinned is not None, f"{task}: {name} is not pinned"
             algorithm, hexdigest = dp._split_digest(pinned)
@@ -214,3 +214,28 @@ def test_a_download_is_unpacked_checked_against_its_pin_and_recorded(tmp_path, m
         with pytest.raises(dp.PrepareError, match="wiki.valid.tokens: checksum mismatch"):
             dp.prepare("corpus", tmp_path / "again", say=lambda _m: None)
     assert not (tmp_path / "again").exists()
+
+
+def test_wikitext2_and_tiny_shakespeare_are_checked_against_their_pins_and_read_by_their_tasks(tmp_path):
+    """The real files (this project's copies of WikiText-2 valid/test and char-rnn's input.txt) pass the pins;
+    the tasks read the prepared folders. WikiText-2 from --from may hold some splits only."""
+    from lorakit.train.tasks import get_task
+
+    wikitext = SHARED / "wikitext-2"
+    archive = tmp_path / "wikitext-2-v1.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # the release zip's layout, without the train file
+        zf.write(wikitext / "valid.txt", "wikitext-2/wiki.valid.tokens")
+        zf.write(wikitext / "test.txt", "wikitext-2/wiki.test.tokens")
+    notes: list[str] = []
+    out = dp.prepare("wikitext", tmp_path / "data", archive, say=notes.append)
+    assert out == tmp_path / "data" / "wikitext-2"
+    assert (out / "wiki.test.tokens").read_bytes() == (wikitext / "test.txt").read_bytes()
+    files = json.loads((out / dp.MANIFEST).read_text())["files"]
+    assert files["wiki.valid.tokens"]["pinned"] is True and files["wiki.test.tokens"]["pinned"] is True
+    assert any("wiki.train.tokens not found" in n and "skipped" in n for n in notes)
+    assert len(get_task("wikitext").load("valid", out)) > 0
+
+    shakespeare = dp.prepare("shakespeare", tmp_path / "data", SHARED / "tinyshakespeare", say=lambda _m: None)
+    assert (shakespeare / "input.txt").read_bytes() == (SHARED / "tinyshakespeare" / "input.txt").read_bytes()
+    assert json.loads((shakespeare / dp.MANIFEST).read_text())["files"]["input.txt"]["pinned"] is True
+    assert len(get_task("text").load("train", shakespeare)) > 0

@@ -21,7 +21,8 @@ E2E ``DIR/e2e/trainset.csv``, ``devset.csv``, ``testset_w_refs.csv``, ``testset.
 ``DIR/webnlg_challenge_2017/{train,dev}/{n}triples/*.xml`` and ``test/testdata_*.xml``; DART
 ``DIR/dart/dart-v1.1.1-full-{train,dev,test}.json`` (or ``.xml``); LM corpora (from mattmahoney.net/dc
 and the WikiText release zip on wikitext.smerity.com, all pinned) ``DIR/enwik8/enwik8``, ``DIR/text8/text8``,
-``DIR/hutter/enwik9``, ``DIR/wikitext-103/wiki.{train,valid,test}.tokens``; OpenWebText (the open re-creation of
+``DIR/hutter/enwik9``, ``DIR/wikitext-2/`` and ``DIR/wikitext-103/wiki.{train,valid,test}.tokens``, Tiny
+Shakespeare ``DIR/tinyshakespeare/input.txt`` (karpathy/char-rnn); OpenWebText (the open re-creation of
 WebText: its authors' release archive ``openwebtext.tar.xz`` on Zenodo, pinned; or with ``--from`` that file, the
 21 tar shards of the Hugging Face dataset ``Skylion007/openwebtext``, the ``.xz`` archives inside them or its
 parquet files, whose digests are recorded, not pinned) ``DIR/webtext/{train,valid,test}.txt``,
@@ -92,6 +93,8 @@ _WEBNLG = "https://gitlab.com/shimorina/webnlg-dataset/-/raw/master/webnlg_chall
 _HUTTER = "http://mattmahoney.net/dc/"
 # WikiText's author's copy of the release zips (Salesforce's original S3 location answers 403 since 2024)
 _WIKITEXT = "https://wikitext.smerity.com/"
+_SHAKESPEARE = ("https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/"
+                "data/tinyshakespeare/")
 # OpenWebText's release archive (its authors' Zenodo record; the Hugging Face dataset Skylion007/openwebtext
 # holds the same .xz archives regrouped into 21 tar shards, with no published digests)
 _OWT = "https://zenodo.org/records/3834942/files/"
@@ -274,10 +277,20 @@ SOURCES: dict[str, Source] = {
                     {"text8": "sha1:0dc3edebc970dcc96137e7deda4d9995af9d93de"}),
     "hutter": Source("hutter", {"enwik9.zip": _HUTTER + "enwik9.zip"},
                      {"enwik9": "sha1:2996e86fb978f93cca8f566cc56998923e7fe581"}),
+    # WikiText-2 (tasks wikitext, mlm_wikitext); with --from a folder may hold some splits only (e.g. valid and
+    # test for lm-eval)
+    "wikitext": Source("wikitext-2", {"wikitext-2-v1.zip": _WIKITEXT + "wikitext-2-v1.zip"},
+                       {"wiki.train.tokens": "sha1:863f29c46ef9d167fff4940ec821195882fe29d1",
+                        "wiki.valid.tokens": "sha1:0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422",
+                        "wiki.test.tokens": "sha1:c7b8ce0aa086fb34dab808c5c49224211eb2b172"}, partial=True),
     "wikitext103": Source("wikitext-103", {"wikitext-103-v1.zip": _WIKITEXT + "wikitext-103-v1.zip"},
                           {"wiki.train.tokens": "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
                            "wiki.valid.tokens": "sha1:c326ac59dc587676d58c422eb8a03e119582f92b",
                            "wiki.test.tokens": "sha1:8a5befc548865cec54ed4273cf87dbbad60d1e47"}),
+    # Tiny Shakespeare (task text: one input.txt, split by character fractions), from char-rnn at a fixed commit;
+    # the digest was verified on the data MANIFEST's copy (1,115,394 characters)
+    "shakespeare": Source("tinyshakespeare", {"input.txt": _SHAKESPEARE + "input.txt"},
+                          {"input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"}),
     # OpenWebText (WebText's open re-creation) in the text layout: lorakit.data.openwebtext reads the release
     # archive (or, with --from, the same documents in another format) and writes webtext/{train,valid,test}.txt.
     # The archive's SHA-256 is the one the Hugging Face datasets library checked its download against
