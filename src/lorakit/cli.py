@@ -54,18 +54,19 @@ def _usage() -> str:
 _DEPENDENCY_NOISE = {"torchao": ("Failed to load ",), "torch.utils._pytree": ("is an Enum subclass",)}
 
 
-def _drop_noise(record, starts: tuple[str, ...]) -> bool:
-    return not any(s in record.getMessage() for s in starts)
+def _keep_record(record, noise: tuple[str, ...]) -> bool:
+    """A logging filter: False (drop) for a record whose message contains one of the ``noise`` fragments."""
+    return not any(fragment in record.getMessage() for fragment in noise)
 
 
 def _drop_dependency_noise() -> None:
     import functools
     import logging
 
-    for logger_name, starts in _DEPENDENCY_NOISE.items():
+    for logger_name, noise in _DEPENDENCY_NOISE.items():
         logger = logging.getLogger(logger_name)
-        if not any(getattr(f, "func", None) is _drop_noise for f in logger.filters):  # once per process
-            logger.addFilter(functools.partial(_drop_noise, starts=starts))
+        if not any(getattr(f, "func", None) is _keep_record for f in logger.filters):  # once per process
+            logger.addFilter(functools.partial(_keep_record, noise=noise))
 
 
 def main(argv: list[str] | None = None, default: str | None = None) -> int:

@@ -101,15 +101,15 @@ def keep_first_layers(model: nn.Module, layers: int) -> nn.Module:
     return model
 
 
-def encoder_parameters(model: nn.Module, head: tuple[str, ...] = ("classifier", "pooler")) -> int:
-    """The parameters of ``model`` outside its head and outside anything a method inserted (LoRA factors,
-    adapters): the pretrained encoder a student replaces. The head counts whether it trains or not (a teacher
-    is frozen)."""
+def encoder_parameters(model: nn.Module) -> int:
+    """The parameters of ``model`` outside its head (:data:`lorakit.methods.HEAD_MODULES`) and outside anything
+    a method inserted (LoRA factors, adapters): the pretrained encoder a student replaces. The head counts
+    whether it trains or not (a teacher is frozen)."""
     from lorakit.lora.config import in_modules
-    from lorakit.methods import count_parameters
+    from lorakit.methods import HEAD_MODULES, count_parameters
 
     counts = count_parameters(model, head=())
-    head_n = sum(p.numel() for n, p in model.named_parameters() if in_modules(n, head))
+    head_n = sum(p.numel() for n, p in model.named_parameters() if in_modules(n, HEAD_MODULES))
     return counts["total"] - head_n - counts["inserted"]
 
 

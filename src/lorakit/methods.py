@@ -50,8 +50,12 @@ __all__ = [
     "SITE_WRAPPERS",  # noqa: F822 - a module attribute built on first use (__getattr__ below)
     "METHODS", "MethodConfig", "MethodError", "apply_method", "site_wrappers", "BottleneckAdapter",
     "PrefixAttention", "PrefixEmbedding", "drop_reparameterization", "count_parameters",
-    "method_modules",
+    "method_modules", "HEAD_MODULES",
 ]
+
+# The task head of the experiment system's classifiers (and BERT's pooler): trained with every method, outside
+# "the encoder" in parameter counts, never pruned or distilled away.
+HEAD_MODULES = ("classifier", "pooler")
 
 METHODS = ("full", "head_only", "ft_top2", "bitfit", "adapter_houlsby", "adapter_pfeiffer", "prefix_embed",
            "prefix_layer", "lora", "prune", "distill")

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LorakitError
+from .lora.config import in_modules
+from .methods import HEAD_MODULES
 
 __all__ = ["PruningError", "MagnitudePruner", "SCHEDULES", "prunable_linears", "nonzero_parameters"]
 
@@ -33,12 +35,9 @@ class PruningError(LorakitError, ValueError):
     """A sparsity outside [0, 1), an unknown schedule, or a model with nothing to prune."""
 
 
-def prunable_linears(model: nn.Module, head: tuple[str, ...] = ("classifier", "pooler")) -> list[tuple[str, nn.Linear]]:
+def prunable_linears(model: nn.Module, head: tuple[str, ...] = HEAD_MODULES) -> list[tuple[str, nn.Linear]]:
     """The ``nn.Linear`` modules outside the task head (the encoder's attention and feed-forward matrices)."""
-    def in_head(name: str) -> bool:
-        return any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}." for h in head)
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not in_head(n)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not in_modules(n, head)]
 
 
 def nonzero_parameters(model: nn.Module) -> int:
@@ -54,7 +53,7 @@ class MagnitudePruner:
     """
 
     def __init__(self, model: nn.Module, sparsity: float, schedule: str = "one_shot", end_step: int = 1,
-                 head: tuple[str, ...] = ("classifier", "pooler")):
+                 head: tuple[str, ...] = HEAD_MODULES):
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
             raise PruningError(f"prune: sparsity must be a fraction in [0, 1) (0.5 prunes half of each weight "
                                f"matrix), got {sparsity!r}")

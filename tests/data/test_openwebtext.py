@@ -161,6 +161,38 @@ def test_the_release_is_downloaded_once_checked_against_its_pin_and_kept(tmp_pat
         assert len(server.agents) == 1
 
 
+@pytest.mark.parametrize("kind", ["shard", "release"])
+def test_a_release_archive_or_shard_cut_short_fails_instead_of_losing_documents(tmp_path, kind):
+    """tar stops quietly at a cut between members (and xz, read by tar, at a cut that ends its output there):
+    cuts around each member boundary and the end-of-archive marker must either fail or lose nothing (a cut in
+    the padding after the marker)."""
+    from lorakit.data import openwebtext as owt
+
+    owt_dir, xz_dir = _shards(tmp_path, _documents())
+    shard = owt_dir / "subsets" / "urlsf_subset00.tar"
+    with tarfile.open(shard) as tar:  # the release holds the same members: about the same offsets
+        members = tar.getmembers()
+    boundaries = [m.offset for m in members[1:]] + [members[-1].offset_data + members[-1].size]
+    archive = shard if kind == "shard" else _release_archive(tmp_path / "sample.tar.xz", xz_dir)
+    data, full = archive.read_bytes(), list(owt.documents(archive))
+    cut = tmp_path / f"cut{''.join(archive.suffixes)}"
+    failed = 0
+    # around each boundary (a shard: exactly at it), and for the release byte by byte where xz's framing puts the
+    # cuts that a reader without the end checks took silently (6 bytes, 554 after the second member's offset)
+    dense = range(530, 580) if kind == "release" else ()
+    points = {n for b in boundaries for n in (*range(b - 64, b + 1100, 32), *(b + d for d in dense))}
+    for n in sorted(p for p in points if 0 < p < len(data)):
+        cut.write_bytes(data[:n])
+        try:
+            got = list(owt.documents(cut))
+        except owt.OpenWebTextError as err:
+            assert "download it again" in str(err)
+            failed += 1
+            continue
+        assert got == full, f"{archive.name} cut at {n} of {len(data)} bytes lost documents silently"
+    assert failed > 30, failed
+
+
 def test_max_train_docs_stops_early_and_a_too_small_holdout_writes_nothing(tmp_path):
     docs = _documents()
     owt, _ = _shards(tmp_path, docs)

@@ -83,7 +83,18 @@ def test_every_lm_corpus_file_is_pinned_with_a_digest_of_its_algorithms_length()
         for name, pinned in dp.SOURCES[task].files.items():
             assert pinned is not None, f"{task}: {name} is not pinned"
             algorithm, hexdigest = dp._split_digest(pinned)
-            assert len(hexdigest) == lengths[algorithm] and int(hexdigest, 16) >= 0, (task, name, pinned)
+            assert len(hexdigest) == lengths[algorithm] and pinned.endswith(hexdigest), (task, name, pinned)
+
+
+def test_a_pin_that_is_not_a_digest_is_refused_by_name():
+    assert dp._split_digest("SHA1:0418625C8B4DA6E4B5C7A0B9E78D4AE8F7EE5422") == (
+        "sha1", "0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422")  # compared in lower case
+    with pytest.raises(dp.PrepareError, match=r"'sha999:ab': hashlib has no algorithm 'sha999'"):
+        dp._split_digest("sha999:ab")
+    with pytest.raises(dp.PrepareError, match=r"'sha1:abc': not a sha1 digest in hex"):
+        dp._split_digest("sha1:abc")
+    with pytest.raises(dp.PrepareError, match=r"not a sha256 digest in hex"):
+        dp._split_digest("z" * 64)
 
 
 def test_offline_download_fails_fast_and_says_what_to_fetch(tmp_path, monkeypatch):
@@ -155,8 +166,10 @@ def test_dart_from_a_partial_folder_and_a_file_that_does_not_read(tmp_path):
     raw.mkdir()
     (raw / "dart-v1.1.1-full-train.json").write_text('[{"tripleset": [["a", "b", "c"]]}]', encoding="utf-8")
     with pytest.raises(dp.PrepareError, match=r"dart train: the files do not read: .*train.json#0: missing field "
-                                              r"'annotations'"):
+                                              r"'annotations'") as err:
         dp.prepare("dart", tmp_path / "b", source=raw, say=lambda _m: None)
+    assert str(raw / "dart-v1.1.1-full-train.json") in str(err.value)  # the file given, not a copy of it
+    assert not (tmp_path / "b").exists()  # read before anything is copied
     (tmp_path / "empty").mkdir()
     with pytest.raises(dp.PrepareError, match=r"none of dart-v1.1.1-full-train.json, .* found under"):
         dp.prepare("dart", tmp_path / "c", source=tmp_path / "empty", say=lambda _m: None)
@@ -191,7 +204,10 @@ def test_downloads_name_lorakit_as_the_agent_and_a_failed_one_leaves_no_file(tmp
         assert notes == [f"downloading {server.url('corpus.zip')}"]
         with pytest.raises(dp.PrepareError, match=r"download of .*/missing.zip failed: HTTP Error 404.*--from"):
             dp._download({"missing.zip": server.url("missing.zip")}, tmp_path / "got", notes.append)
+        with pytest.raises(dp.PrepareError, match="HTTP Error 404"):
+            dp._download({"missing.zip": server.url("missing.zip")}, tmp_path / "new" / "deeper", notes.append)
     assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["corpus.zip"]  # no partial file
+    assert not (tmp_path / "new").exists()  # nor the folders made for it
 
 
 def test_a_download_is_unpacked_checked_against_its_pin_and_recorded(tmp_path, monkeypatch):

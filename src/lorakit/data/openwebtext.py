@@ -119,15 +119,22 @@ def documents(path: Path) -> Iterator[str]:
 
 
 def _tar_documents(path: Path) -> Iterator[str]:
-    """The documents of a tar of ``.xz`` archives: a shard (plain tar) or the release archive (xz-compressed:
-    ``r|*`` reads either), streamed member by member."""
+    """The documents of a tar of ``.xz`` archives: a shard (plain tar) or the release archive (the same,
+    xz-compressed), streamed member by member. A file cut short fails (tar stops quietly at a cut between
+    members, so the end-of-archive marker, two zero blocks, is checked, and the xz stream must be complete)."""
     try:
-        with tarfile.open(path, mode="r|*") as outer:
-            for member in outer:
-                if member.isfile() and member.name.endswith(".xz"):
-                    yield from _xz_documents(outer.extractfile(member).read(), f"{path}:{member.name}")
+        with (lzma.open(path) if _format(path) == ".tar.xz" else open(path, "rb")) as raw:
+            with tarfile.open(fileobj=raw, mode="r|") as outer:
+                for member in outer:
+                    if member.isfile() and member.name.endswith(".xz"):
+                        yield from _xz_documents(outer.extractfile(member).read(), f"{path}:{member.name}")
+                end_of_members = outer.offset  # where the end-of-archive marker should start
+            size = raw.seek(0, io.SEEK_END)  # for xz: decompresses the rest; a stream cut short raises
     except (tarfile.TarError, lzma.LZMAError, EOFError) as err:
         raise OpenWebTextError(f"{path}: not a readable tar file ({err}); download it again") from None
+    if size < end_of_members + 2 * tarfile.BLOCKSIZE:
+        raise OpenWebTextError(f"{path}: ends after {size:,} bytes, before the tar end-of-archive marker (the file "
+                               "is cut short); download it again")
 
 
 def split_of(text: str, holdout: float) -> str:

@@ -7,7 +7,7 @@ SentEval copy of MRPC and GLUE's MRPC dev ids, the SQuAD explorer site, the Natu
 repositories: E2E ``tuetschek/e2e-dataset`` and DART ``Yale-LILY/dart`` on GitHub, WebNLG 2017 the WebNLG
 dataset repository ``shimorina/webnlg-dataset`` on GitLab, folder ``webnlg_challenge_2017``).
 ``--from PATH`` uses an already-downloaded folder or zip instead, with no network. Either way every file
-with a pinned digest (below: a SHA-256, or the SHA-1 a publisher gives) is checked and a mismatch stops with the
+with a pinned digest (below: a SHA-256, or the SHA-1 its publisher gives) is checked and a mismatch stops with the
 file, the expected and the actual digest; files without a pinned digest are copied with a note printing their
 SHA-256 (so it can be pinned).
 Offline without ``--from``, the command fails within seconds and says what to download.
@@ -38,6 +38,7 @@ parquet files, a few GLUE/SuperGLUE files) this is the record of which copy a re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,7 +75,7 @@ class Source:
     folder: str
     urls: dict[str, str]
     files: dict[str, str | tuple[str, ...] | None]  # None: not pinned; a tuple: any of these releases;
-    # a digest is a SHA-256 in hex, or "sha1:HEX" where the publisher gives only that
+    # a digest is a SHA-256 in hex, or "ALGORITHM:HEX" (e.g. "sha1:...") where the publisher gives another
     note: str = ""
     build: str = ""  # "mrpc": rebuild train/dev from the MSR file and the dev ids
     extra: dict[str, str | None] = field(default_factory=dict)  # inputs of `build`, with their digests
@@ -227,8 +229,9 @@ _DART_NAMES = tuple(f"dart-v1.1.1-full-{split}.{ext}" for ext in ("json", "xml")
 _MNLI = Source("MNLI", {"MNLI.zip": _GLUE + "MNLI.zip"},
                {"train.tsv": None, "dev_matched.tsv": None, "dev_mismatched.tsv": None})
 
-# SHA-256 of the official files, as verified against the GLUE/PaddleNLP MD5 checksums (see the data
-# MANIFEST of this project); None: not pinned yet.
+# Pinned digests of the official files. GLUE, SQuAD and the NLG datasets: SHA-256, verified on the copies in
+# this project's data MANIFEST (GLUE's against the GLUE/PaddleNLP MD5 checksums); the LM corpora: their
+# publishers' digests (comments below). None: not pinned yet.
 SOURCES: dict[str, Source] = {
     "rte": Source("RTE", {"RTE.zip": _GLUE + "RTE.zip"}, {
         "train.tsv": "41e3a9b063433392343fad9e962cf2f58b681c78d8f71592f4186f0837246c5c",
@@ -328,15 +331,22 @@ def _digests(path: Path, algorithms: set[str]) -> dict[str, str]:
 
 
 def _split_digest(pinned: str) -> tuple[str, str]:
-    """``"sha1:HEX"`` -> ``("sha1", HEX)``; a bare hex string is a SHA-256."""
+    """``"sha1:HEX"`` -> ``("sha1", hex)``; a bare hex string is a SHA-256. The hex is compared in lower case;
+    an algorithm hashlib does not have, or a digest of the wrong length, is a PrepareError."""
     algorithm, _, hexdigest = pinned.rpartition(":")
-    return algorithm or "sha256", hexdigest
+    algorithm, hexdigest = algorithm.lower() or "sha256", hexdigest.lower()
+    if algorithm not in hashlib.algorithms_available:
+        raise PrepareError(f"pinned digest {pinned!r}: hashlib has no algorithm {algorithm!r}")
+    if len(hexdigest) != 2 * hashlib.new(algorithm).digest_size or not set(hexdigest) <= set("0123456789abcdef"):
+        raise PrepareError(f"pinned digest {pinned!r}: not a {algorithm} digest in hex")
+    return algorithm, hexdigest
 
 
 def _check(path: Path, expected: str | tuple[str, ...] | None, say) -> str:
-    """Check ``path`` against its pinned digest (``expected``: a SHA-256, or ``"sha1:HEX"`` / ``"md5:HEX"``
-    where the publisher gives only those; a tuple: any of them) and return its SHA-256, which the manifest
-    records whatever was pinned. Without a pinned digest the file is not checked: a note says so."""
+    """Check ``path`` against its pinned digest (``expected``: a SHA-256 in hex, or ``"ALGORITHM:HEX"`` for
+    another hashlib algorithm a publisher gives, e.g. ``"sha1:..."``; a tuple: any of them) and return its
+    SHA-256, which the manifest records whatever was pinned. Without a pinned digest the file is not checked:
+    a note says so."""
     accepted = (expected,) if isinstance(expected, str) else expected
     pins = [_split_digest(d) for d in accepted or ()]
     seen = _digests(path, {"sha256", *(algorithm for algorithm, _ in pins)})
@@ -386,10 +396,11 @@ def _download(urls: dict[str, str], into: Path, say) -> None:
                            f"{listed} and pass the folder or zip with --from PATH")
     for name, url in urls.items():
         say(f"downloading {url}")
-        (into / name).parent.mkdir(parents=True, exist_ok=True)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=_HEADERS), timeout=60) as resp:
-                atomic_write(into / name, lambda path, resp=resp, name=name: _save_stream(resp, path, name))
+            with _no_new_folders_on_failure((into / name).parent):
+                (into / name).parent.mkdir(parents=True, exist_ok=True)
+                with urllib.request.urlopen(urllib.request.Request(url, headers=_HEADERS), timeout=60) as resp:
+                    atomic_write(into / name, lambda path, resp=resp, name=name: _save_stream(resp, path, name))
         except OSError as err:
             raise PrepareError(f"download of {url} failed: {err}; retry, or download it yourself and pass "
                                "--from") from err
@@ -444,9 +455,9 @@ def _build_mrpc(train_txt: Path, dev_ids: Path, out: Path) -> None:
     atomic_write(out / "dev.tsv", "".join(dev))
 
 
-def _check_readable(dataset: str, folder: Path, say) -> None:
+def _check_readable(dataset: str, folder: Path, say, sources: dict[str, str]) -> None:
     """Read every split of an NLG dataset found in ``folder`` with the project's reader; PrepareError if one
-    does not parse."""
+    does not parse, naming the file it was copied from (``sources``: copied path -> original path)."""
     from lorakit.data.nlg import DataError, find_split_file, read_split
 
     for split in ("train", "dev", "test"):
@@ -457,7 +468,10 @@ def _check_readable(dataset: str, folder: Path, say) -> None:
         try:
             examples = read_split(dataset, split, folder)
         except DataError as err:
-            raise PrepareError(f"{dataset} {split}: the files do not read: {err}") from err
+            message = str(err)
+            for copied, original in sources.items():
+                message = message.replace(copied, original)
+            raise PrepareError(f"{dataset} {split}: the files do not read: {message}") from err
         say(f"{dataset} {split}: {len(examples)} inputs, {sum(len(e.references) for e in examples)} references")
 
 
@@ -493,19 +507,22 @@ def prepare(task: str, to: str | Path, source: str | Path | None = None, say=pri
             if spec.folder:  # a parent of the task folder, possibly inside an archive's top folder
                 nested = [root / spec.folder, *(p / spec.folder for p in sorted(root.iterdir()) if p.is_dir())]
                 root = next((p for p in nested if p.is_dir()), root)
-        _copy_files(task, key, spec, root, out, source is not None, seen, say, tmp)
-    if spec.reader:
-        _check_readable(spec.reader, out, say)
+        checked = _check_files(task, key, spec, root, source is not None, seen, say, tmp)
+        if spec.reader:  # NLG datasets must also parse: read a staged copy before anything reaches `out`
+            staged = tmp / "staged"
+            _copy_into(checked, staged)
+            _check_readable(spec.reader, staged, say, {str(staged / n): str(p) for n, p in checked.items()})
+        with _no_new_folders_on_failure(out):
+            _copy_into(checked, out)
     _write_manifest(out, key, str(source) if source is not None else "download", seen)
     say(f"{task}: ready in {out} (pass --data {out})")
     return out
 
 
-def _copy_files(task: str, key: str, spec: Source, root: Path, out: Path, local: bool, seen: dict[str, dict],
-                say, scratch: Path) -> None:
-    """Check every file of the task found under ``root`` (for MRPC, built in ``scratch`` first), then copy them
-    into ``out``; record each digest seen in ``seen`` (name -> {"sha256", "pinned"}). Nothing is written to
-    ``out`` unless every file passed its check."""
+def _check_files(task: str, key: str, spec: Source, root: Path, local: bool, seen: dict[str, dict], say,
+                 scratch: Path) -> dict[str, Path]:
+    """Find and check every file of the task under ``root`` (for MRPC, built in ``scratch`` first); record each
+    digest seen in ``seen`` (name -> {"sha256", "pinned"}). Returns {name in the task folder: checked file}."""
     if spec.build == "mrpc" and not all(_find(root, n) for n in spec.files):
         inputs = {}
         for name, digest in spec.extra.items():
@@ -534,10 +551,28 @@ def _copy_files(task: str, key: str, spec: Source, root: Path, out: Path, local:
         checked[name] = found
     if spec.partial and not checked:
         raise PrepareError(f"none of {', '.join(spec.files)} found under {root}")
-    for name, found in checked.items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        if found.resolve() != (out / name).resolve():
-            atomic_write(out / name, lambda tmp, found=found: shutil.copyfile(found, tmp))  # streamed
+    return checked
+
+
+def _copy_into(files: dict[str, Path], folder: Path) -> None:
+    """Copy each checked file to ``folder / name`` (streamed, each written atomically)."""
+    for name, found in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        if found.resolve() != (folder / name).resolve():
+            atomic_write(folder / name, lambda tmp, found=found: shutil.copyfile(found, tmp))
+
+
+@contextlib.contextmanager
+def _no_new_folders_on_failure(path: Path) -> Iterator[None]:
+    """When the block fails, the folders from ``path`` up that it created are removed again (if still empty)."""
+    created = [p for p in (path, *path.parents) if not p.exists()]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def _prepare_openwebtext(spec: Source, to: Path, out: Path, source: str | Path | None, say,
@@ -568,19 +603,14 @@ def _prepare_openwebtext(spec: Source, to: Path, out: Path, source: str | Path |
         digest = spec.extra.get(path.name)  # the release archive's; None for the other formats
         seen[name] = {"sha256": _check(path, digest, say), "pinned": digest is not None}
 
-    created = [p for p in (out, *out.parents) if not p.exists()]  # folders this call creates, innermost first
     try:
-        inputs = owt.find_inputs(root)
-        out.mkdir(parents=True, exist_ok=True)
-        written = owt.write_splits(inputs, out, owt.DEFAULT_HOLDOUT if holdout is None else holdout,
-                                   max_train_docs, on_input=check)
-    except BaseException as err:
-        for folder in created:  # a failed call leaves no folder behind (each is empty: nothing was renamed in)
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        if isinstance(err, owt.OpenWebTextError):
-            raise PrepareError(str(err)) from None
-        raise
+        with _no_new_folders_on_failure(out):  # the split files appear together or not at all
+            inputs = owt.find_inputs(root)
+            out.mkdir(parents=True, exist_ok=True)
+            written = owt.write_splits(inputs, out, owt.DEFAULT_HOLDOUT if holdout is None else holdout,
+                                       max_train_docs, on_input=check)
+    except owt.OpenWebTextError as err:
+        raise PrepareError(str(err)) from None
     for split, info in written.items():
         seen[f"{split}.txt"] = {"sha256": info["sha256"], "pinned": False, "documents": info["documents"]}
         say(f"openwebtext {split}: {info['documents']:,} documents")

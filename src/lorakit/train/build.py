@@ -496,9 +496,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, scfg: Section, total_steps
 def parameter_counts(model: nn.Module) -> dict[str, Any]:
     """total, trainable, percent; head (trainable head parameters), trainable_excluding_head (the LoRA
     paper's count) and after_training (that, once PreLayer's reparameterisation MLP is dropped)."""
-    from lorakit.methods import count_parameters
+    from lorakit.methods import HEAD_MODULES, count_parameters
 
-    return count_parameters(model, head=("classifier", "pooler"))
+    return count_parameters(model, head=HEAD_MODULES)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
