@@ -185,6 +185,24 @@ def cuda_peak_bytes(step: Callable[[], object], device: torch.device | str = "cu
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def proc_status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (``VmRSS``: resident now, ``VmHWM``: its peak); Linux only,
+    RuntimeError elsewhere or when the field is missing."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError as err:
+        raise RuntimeError(f"/proc/self/status is not readable ({err}): peak RSS is measured on Linux") from err
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's RSS high-water mark ``VmHWM`` to the current RSS (Linux; OSError elsewhere)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def tensors_bytes(tensors: Iterable[Tensor | None]) -> int:
     """Sum of the distinct storages' sizes of ``tensors`` (None entries are skipped)."""
     seen: dict[tuple[str, int], int] = {}

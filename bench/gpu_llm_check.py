@@ -174,13 +174,6 @@ def loss_function(variant: Variant, model: torch.nn.Module) -> Callable[[torch.T
     return liger
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -219,8 +212,8 @@ def worker(variant: Variant, args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark VmHWM to the current RSS
-        before = _rss_kib("VmRSS") * 1024
+        common.reset_peak_rss()
+        before = common.proc_status_kib("VmRSS") * 1024
     times, peak = [], None
     for k in range(args.steps):
         _sync(device)
@@ -229,7 +222,7 @@ def worker(variant: Variant, args: argparse.Namespace) -> dict:
         _sync(device)
         times.append(time.perf_counter() - start)
         if k == 0 and device.type != "cuda":
-            peak = _rss_kib("VmHWM") * 1024 - before  # growth over the first timed step
+            peak = common.proc_status_kib("VmHWM") * 1024 - before  # growth over the first timed step
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     step_s = statistics.median(times)

@@ -139,13 +139,6 @@ def loss_function(variant: Variant, model: torch.nn.Module) -> Callable[[torch.T
     return cce
 
 
-def _proc_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def worker(variant: Variant, args: argparse.Namespace) -> dict:
     """Build, warm up, then time ``args.steps`` steps; the first timed step's peak RSS growth."""
     model = build(variant, args)
@@ -165,13 +158,13 @@ def worker(variant: Variant, args: argparse.Namespace) -> dict:
     times, growth = [], None
     for k in range(args.steps):
         if k == 0:
-            Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark VmHWM to the current RSS
-            rss_before = _proc_status_kib("VmRSS")  # the model, optimizer state and interpreter
+            common.reset_peak_rss()
+            rss_before = common.proc_status_kib("VmRSS")  # the model, optimizer state and interpreter
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
         if k == 0:
-            growth = (_proc_status_kib("VmHWM") - rss_before) * 1024
+            growth = (common.proc_status_kib("VmHWM") - rss_before) * 1024
     return {"variant": variant.name, "step_s": statistics.median(times), "times": times,
             "peak_growth_bytes": growth, "rss_before_bytes": rss_before * 1024, "first_loss": first_loss}
 

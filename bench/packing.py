@@ -135,13 +135,6 @@ def per_pair_losses(model, batch: dict, row_length: int) -> tuple[torch.Tensor, 
     return padded, packed
 
 
-def _rss_kib(field: str) -> int:
-    """``VmRSS`` / ``VmHWM`` (peak) of this process in KiB, from /proc/self/status (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def positions_table(args) -> str:
     """Positions computed per real token, padded (to the longest pair of each batch) and packed (rows of
@@ -178,10 +171,10 @@ def memory_only(variant: str, args) -> dict:
     batch = task.collate(items[:args.examples])
     model = build(variant, args.vocab)
     run = step_fn(variant, model, task, [batch], args.row_length)
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    before = _rss_kib("VmRSS")
+    common.reset_peak_rss()
+    before = common.proc_status_kib("VmRSS")
     run()
-    return {"variant": variant, "peak_rss_growth_bytes": (_rss_kib("VmHWM") - before) * 1024}
+    return {"variant": variant, "peak_rss_growth_bytes": (common.proc_status_kib("VmHWM") - before) * 1024}
 
 
 def measure_memory(variant: str, args) -> int:

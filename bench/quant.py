@@ -76,20 +76,6 @@ def weight_bytes(layer: nn.Module) -> int:
     return layer.weight.numel() * layer.weight.element_size()
 
 
-def _vm_hwm_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _vm_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def child_memory(variant: str, d: int, tokens: int, dtype: torch.dtype) -> dict[str, int]:
     """Run in a fresh process: peak RSS growth of one forward + backward (CPU)."""
     device = torch.device("cpu")
@@ -98,10 +84,10 @@ def child_memory(variant: str, d: int, tokens: int, dtype: torch.dtype) -> dict[
     step(layer, x, grad_out)  # warm-up: allocator pools and kernel workspaces exist before the measured step
     x.grad = None
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _vm_rss_bytes()
+    common.reset_peak_rss()
+    before = common.proc_status_kib("VmRSS") * 1024
     step(layer, x, grad_out)
-    return {"peak_growth": _vm_hwm_bytes() - before, "rss_after_build": before}
+    return {"peak_growth": common.proc_status_kib("VmHWM") * 1024 - before, "rss_after_build": before}
 
 
 def memory_in_subprocesses(d: int, tokens: int, dtype_name: str) -> dict[str, dict[str, int]]:

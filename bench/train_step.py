@@ -294,19 +294,15 @@ class MemoryResult:
 def _status_kib(field: str) -> int | None:
     """A ``VmRSS``/``VmHWM`` field of /proc/self/status in KiB, or None off Linux."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
+        return common.proc_status_kib(field)
+    except RuntimeError:
         return None
-    return None
 
 
 def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux: write 5 to /proc/self/clear_refs)."""
+    """Reset the kernel's RSS high-water mark; False where it cannot be (off Linux)."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        common.reset_peak_rss()
         return True
     except OSError:
         return False
